@@ -1,0 +1,81 @@
+"""Typed configuration of the preprocessing job (YAML + command-line overrides)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pipeline.config import ConfigError, field
+
+
+@dataclass
+class IngestConfig:
+    max_genre_words: int = field(5, "genre words kept per song (the paper used at most 5)")
+    hash_chunk_bytes: int = field(4 << 20, "read size while hashing audio content")
+
+
+@dataclass
+class DecodeConfig:
+    min_seconds: float = field(2.0, "shorter inputs are quarantined")
+    max_seconds: float = field(1200.0, "longer inputs are quarantined before decoding (no out-of-memory)")
+    truncation_tolerance: float = field(0.02, "quarantine if decoded length < (1 - this) x the header's length")
+
+
+@dataclass
+class SeparateConfig:
+    separator: str = field("dsp", "vocal separator: dsp (no weights)")
+    actors: int = field(0, "actor-pool size; 0 = one per CPU of the cluster")
+    cpus_per_actor: float = field(1.0, "CPUs reserved by each separator actor")
+    threads: int = field(1, "torch threads inside each actor")
+
+
+@dataclass
+class AlignConfig:
+    aligner: str = field("vocal_activity", "linear | vocal_activity")
+    vocal_share: float = field(0.25, "vocal-activity: share of the mix's voice-band energy in the vocal stem")
+    vocal_floor_db: float = field(20.0, "vocal-activity: frames quieter than the loudest vocal frame by more are silent")
+
+
+@dataclass
+class ShardConfig:
+    encoding: Literal["pcm16", "flac"] = field("flac", "segment audio encoding (chosen by bench/bench_encoding.py)")
+    segment_samples: int = field(262_144, "samples per stored segment (~5.9 s at 44.1 kHz)")
+    segments_per_row_group: int = field(4, "Parquet row group size of the segments table (the unit of a random read)")
+    songs_per_shard: int = field(16, "songs per committed shard (one songs + one segments file)")
+    compression: str = field("none", "Parquet compression of the audio column (audio is already dense)")
+
+
+@dataclass
+class VocabConfig:
+    min_artist_count: int = field(1, "artists with fewer songs map to the 'unknown' id")
+    min_genre_count: int = field(1, "genre words with fewer songs map to the 'unknown' id")
+
+
+@dataclass
+class PreprocessConfig:
+    input: str = field("", "manifest (.csv, .jsonl, .parquet) or a folder of audio with sidecar metadata")
+    output: str = field("", "output folder: songs/, segments/, quarantine/, vocab/, summary.json")
+    demo: bool = field(False, "generate the synthetic demo corpus into <output>/../demo_corpus and use it as input")
+    ray_address: str | None = field(None, "Ray cluster address; default: $RAY_ADDRESS, else an embedded local Ray")
+    num_cpus: int | None = field(None, "CPUs of the embedded local Ray (default: all)")
+    mlflow_tracking_uri: str | None = field(None, "default: $MLFLOW_TRACKING_URI, else sqlite under ./runs/")
+    experiment: str = field("jukebox-preprocess", "MLflow experiment name")
+    progress: bool = field(True, "Ray Data progress bars")
+    ingest: IngestConfig = field(IngestConfig())
+    decode: DecodeConfig = field(DecodeConfig())
+    separate: SeparateConfig = field(SeparateConfig())
+    align: AlignConfig = field(AlignConfig())
+    shards: ShardConfig = field(ShardConfig())
+    vocab: VocabConfig = field(VocabConfig())
+
+    def validate(self) -> None:
+        if not self.output:
+            raise ConfigError("--output is required")
+        if not self.input and not self.demo:
+            raise ConfigError("--input is required (or --demo true)")
+        if self.decode.min_seconds < 0 or self.decode.max_seconds <= self.decode.min_seconds:
+            raise ConfigError("decode: need 0 <= min_seconds < max_seconds")
+        if self.shards.segment_samples <= 0 or self.shards.segment_samples % 128:
+            raise ConfigError("shards.segment_samples must be a positive multiple of 128 (the top level's hop)")
+        if self.shards.songs_per_shard < 1 or self.shards.segments_per_row_group < 1:
+            raise ConfigError("shards.songs_per_shard and shards.segments_per_row_group must be >= 1")

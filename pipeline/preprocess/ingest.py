@@ -1,0 +1,193 @@
+"""Ingest: a manifest or a folder walk -> one input record per song, then (as a Ray stage)
+the content hash that gives a stable ``song_id``, the lyrics text and the file fingerprint.
+
+Manifest columns (CSV, JSONL or Parquet): ``path`` (or ``uri``), ``artist``, ``genre``
+(one or several words; a list in JSONL/Parquet), ``lyrics`` (the text, or a path to a
+.txt file), optional ``title``, ``language``, ``id``. Relative paths are relative to the
+manifest. A folder walk takes every non-sidecar file below the folder as an input;
+``<name>.json`` beside ``<name>.<ext>`` gives its metadata and ``<name>.txt`` its lyrics.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from pipeline.audio import SUPPORTED_EXTENSIONS
+from pipeline.config import ConfigError
+
+SIDECAR_EXTENSIONS = {".json", ".txt", ".lrc", ".csv", ".jsonl", ".parquet", ".md", ".yaml", ".yml"}
+PATH_KEYS, GENRE_KEYS = ("path", "uri", "audio", "file"), ("genre", "genres")
+LYRICS_FILE_EXTENSIONS = (".txt", ".lrc")
+
+
+def base_record(source: str, **meta: Any) -> dict[str, Any]:
+    """Every row of the stream has these columns from the start (no nulls: Arrow-friendly)."""
+    genres = meta.get("genres") or []
+    return {
+        "source": source,
+        "input_id": str(meta.get("input_id") or ""),
+        "title": str(meta.get("title") or ""),
+        "artist": normalise_text(str(meta.get("artist") or "")),
+        "genres_json": json.dumps(genres, ensure_ascii=False),
+        "language": str(meta.get("language") or ""),
+        "lyrics_ref": str(meta.get("lyrics_ref") or ""),
+        "status": "ok",
+        "stage": "",
+        "error": "",
+    }
+
+
+def normalise_text(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def normalise_lyrics(text: str) -> str:
+    """NFC, unified newlines, no trailing spaces, at most one blank line between paragraphs."""
+    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n").replace("\t", " ")
+    lines = [" ".join(line.split()) for line in text.split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def genre_words(value: Any, max_words: int) -> list[str]:
+    """A bag of genre words: 'Pop Rock; indie' -> ['pop', 'rock', 'indie']."""
+    if value is None:
+        return []
+    parts = value if isinstance(value, (list, tuple)) else re.split(r"[,;/|\s]+", str(value))
+    words: list[str] = []
+    for p in parts:
+        for w in re.split(r"[,;/|\s]+", str(p)):
+            w = normalise_text(w).casefold()
+            if w and w not in words:
+                words.append(w)
+    return words[:max_words]
+
+
+def _read_manifest(path: Path) -> list[dict[str, Any]]:
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            return list(csv.DictReader(fh))
+    if suffix in (".jsonl", ".ndjson"):
+        rows = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    rows.append({"__error__": f"manifest line {n} is not JSON: {exc}"})
+        return rows
+    if suffix == ".parquet":
+        return pq.read_table(path).to_pylist()
+    raise ConfigError(f"{path}: a manifest must be .csv, .jsonl or .parquet")
+
+
+def _resolve(ref: str, base: Path) -> str:
+    if "://" in ref:
+        return ref[len("file://"):] if ref.startswith("file://") else ref
+    p = Path(ref).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def list_inputs(input_path: str | Path, max_genre_words: int = 5) -> list[dict[str, Any]]:
+    """Every input the job must account for, in a stable order."""
+    path = Path(input_path).expanduser().resolve()
+    if not path.exists():
+        raise ConfigError(f"input {input_path} does not exist")
+    records = []
+    if path.is_dir():
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            rel = f.relative_to(path)
+            if any(part.startswith((".", "_")) for part in rel.parts) or f.suffix.lower() in SIDECAR_EXTENSIONS:
+                continue
+            meta: dict[str, Any] = {}
+            sidecar = f.with_suffix(".json")
+            if sidecar.exists():
+                meta = json.loads(sidecar.read_text(encoding="utf-8"))
+            lyrics = meta.get("lyrics")
+            if lyrics is None and f.with_suffix(".txt").exists():
+                lyrics = str(f.with_suffix(".txt"))
+            elif isinstance(lyrics, str) and lyrics.lower().endswith(LYRICS_FILE_EXTENSIONS):
+                lyrics = _resolve(lyrics, f.parent)
+            records.append(base_record(str(f), input_id=meta.get("id"), title=meta.get("title"), artist=meta.get("artist"),
+                                       genres=genre_words(meta.get("genre", meta.get("genres")), max_genre_words),
+                                       language=meta.get("language"), lyrics_ref=lyrics))
+        return records
+    rows = _read_manifest(path)
+    if rows and not any(k in rows[0] for k in PATH_KEYS) and "__error__" not in rows[0]:
+        raise ConfigError(f"{path}: no audio column; expected one of {PATH_KEYS}, found {sorted(rows[0])}")
+    for n, row in enumerate(rows, 1):
+        ref = next((row[k] for k in PATH_KEYS if row.get(k)), None)
+        if "__error__" in row or not ref:
+            rec = base_record(f"{path}#row={n}")
+            rec.update(status="quarantined", stage="ingest", error=row.get("__error__", "manifest row has no audio path"))
+            records.append(rec)
+            continue
+        lyrics = row.get("lyrics") or ""
+        if isinstance(lyrics, str) and lyrics.strip().lower().endswith(LYRICS_FILE_EXTENSIONS) and "\n" not in lyrics:
+            lyrics = _resolve(lyrics.strip(), path.parent)
+        genre_value = next((row[k] for k in GENRE_KEYS if row.get(k) is not None), None)
+        records.append(base_record(_resolve(str(ref), path.parent), input_id=row.get("id"), title=row.get("title"),
+                                   artist=row.get("artist"), genres=genre_words(genre_value, max_genre_words),
+                                   language=row.get("language"), lyrics_ref=lyrics))
+    return records
+
+
+def fingerprint(source: str) -> tuple[int, int]:
+    """(size, mtime_ns): what decides whether a quarantined input changed since."""
+    try:
+        st = os.stat(source)
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return -1, -1
+
+
+def content_hash(source: str, chunk: int) -> str:
+    """song_id: the same bytes under two names are one song."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(source, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_lyrics(ref: str) -> str:
+    """Lyrics text from a manifest value: a .txt path, or the text itself."""
+    if ref.lower().endswith(LYRICS_FILE_EXTENSIONS) and "\n" not in ref:
+        p = Path(ref)
+        if not p.exists():
+            raise FileNotFoundError(f"lyrics file not found: {ref}")
+        raw = p.read_bytes()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            text = raw.decode("cp1252", errors="replace")  # legacy Windows lyrics files
+        return normalise_lyrics(text)
+    return normalise_lyrics(ref)
+
+
+def ingest_row(row: dict[str, Any], hash_chunk_bytes: int) -> dict[str, Any]:
+    """Stat, check the format, hash, read lyrics: cheap checks before any decoding."""
+    source = row["source"]
+    size, mtime = fingerprint(source)
+    row.update(file_size=size, file_mtime_ns=mtime)  # kept even when this input is quarantined below
+    out: dict[str, Any] = {}
+    if size < 0:
+        raise FileNotFoundError(f"audio file not found: {source}")
+    if size == 0:
+        raise ValueError("empty file (0 bytes)")
+    ext = Path(source).suffix.lower()
+    if ext not in SUPPORTED_EXTENSIONS:
+        raise ValueError(f"unsupported format {ext or '(no extension)'}; supported: {' '.join(SUPPORTED_EXTENSIONS)}")
+    out["song_id"] = content_hash(source, hash_chunk_bytes)
+    lyrics = read_lyrics(row["lyrics_ref"]) if row["lyrics_ref"] else ""
+    out.update(lyrics=lyrics, lyrics_missing=not lyrics)
+    return out

@@ -1,0 +1,273 @@
+"""The preprocessing job: corpus -> Parquet shards, with nothing lost and nothing twice.
+
+Pass 1 (Ray Data): stat, check and hash every input, read its lyrics. The driver then
+decides, with the output's current state, what is new: a song whose content hash is
+already in ``songs/`` or an input quarantined before and unchanged since is skipped;
+the second copy of the same content in one run is quarantined as a duplicate.
+Pass 2 (Ray Data, streaming): decode -> separate (actor pool) -> align -> write, each
+shard committed as soon as its songs are done.
+Every input ends in exactly one of: ok, quarantined, skipped_existing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import socket
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import shards
+from pipeline.config import ConfigError, flatten
+from pipeline.preprocess.config import PreprocessConfig
+from pipeline.preprocess.ingest import list_inputs
+from pipeline.preprocess.report import format_table, write_report
+from pipeline.preprocess.stages import PIPELINE, IngestStage, Stage
+from pipeline.preprocess.vocab import update_vocab
+
+
+class OutputLock:
+    """One writer per output folder; a lock left by a dead process on this host is taken over."""
+
+    def __init__(self, out: Path):
+        self.path = out / ".lock"
+
+    def __enter__(self) -> OutputLock:
+        me = f"{socket.gethostname()}:{os.getpid()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.write(fd, me.encode())
+                os.close(fd)
+                return self
+            except FileExistsError:
+                host, _, pid = self.path.read_text().partition(":")
+                if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise ConfigError(f"{self.path.parent} is being written by {host}:{pid}; "
+                                  f"remove {self.path} if that run is gone") from None
+        raise ConfigError(f"could not lock {self.path}")
+
+    def __exit__(self, *exc: object) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _run_task_stage(batch: pa.Table, stage_cls: type[Stage], cfg: PreprocessConfig) -> pa.Table:
+    return stage_cls(cfg)(batch)
+
+
+def apply_stage(ds, stage_cls: type[Stage], cfg: PreprocessConfig, actors: int = 1):
+    """A stage onto a Ray Dataset: actor pool if its setup is expensive, else tasks."""
+    import ray
+
+    common = {"batch_size": stage_cls.batch_size, "batch_format": "pyarrow", "num_cpus": stage_cls.num_cpus}
+    if stage_cls.uses_actors:
+        common["num_cpus"] = cfg.separate.cpus_per_actor
+        return ds.map_batches(stage_cls, fn_constructor_kwargs={"cfg": cfg},
+                              compute=ray.data.ActorPoolStrategy(min_size=actors, max_size=actors), **common)
+    return ds.map_batches(_run_task_stage, fn_kwargs={"stage_cls": stage_cls, "cfg": cfg}, **common)
+
+
+def _write_batch(batch: pa.Table, out: str, run_id: str, layout: dict[str, Any]) -> pa.Table:
+    rows = batch.to_pylist()
+    part = shards.write_shard(rows, Path(out), run_id, shards.ShardLayout(**layout))
+    keep = ("input_index", "source", "song_id", "status", "stage", "error", "duration_s", "title",
+            "vocal_activity_ratio", "alignment_coverage", "alignment_method")
+    return pa.Table.from_pylist([{**{k: r.get(k) for k in keep}, "shard": part} for r in rows])
+
+
+def _existing_state(out: Path) -> tuple[set[str], set[tuple[str, int, int]]]:
+    songs = shards.read_table(out, shards.SONGS, ["song_id"])
+    quarantined = shards.read_table(out, shards.QUARANTINE, ["source", "file_size", "file_mtime_ns"])
+    song_ids = set(songs["song_id"].to_pylist()) if songs is not None else set()
+    q = set(zip(*(quarantined[c].to_pylist() for c in ("source", "file_size", "file_mtime_ns")))) if quarantined is not None else set()
+    return song_ids, q
+
+
+def classify(ingested: list[dict[str, Any]], song_ids: set[str], quarantined: set[tuple]) -> tuple[list, list]:
+    """-> (rows to process in pass 2, rows skipped because the output already has them)."""
+    pending, skipped, first_seen = [], [], {}
+    for row in sorted(ingested, key=lambda r: r["input_index"]):
+        if row["status"] == "ok" and row["song_id"] in song_ids:
+            skipped.append({**row, "reason": "song already in songs/"})
+        elif (row["source"], row["file_size"], row["file_mtime_ns"]) in quarantined:
+            skipped.append({**row, "reason": "quarantined by an earlier run, file unchanged since"})
+        elif row["status"] == "ok" and row["song_id"] in first_seen:
+            row.update(status="quarantined", stage="dedup",
+                       error=f"duplicate content: same audio as {first_seen[row['song_id']]} (song_id {row['song_id']})")
+            pending.append(row)
+        else:
+            if row["status"] == "ok":
+                first_seen[row["song_id"]] = row["source"]
+            pending.append(row)
+    return pending, skipped
+
+
+def run_preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
+    import ray
+
+    from pipeline.runtime import PhaseTimer, init_ray
+
+    started = time.time()
+    phase = PhaseTimer()
+    out = Path(cfg.output).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.demo and not cfg.input:
+        from pipeline.demo_corpus import make_demo_corpus
+
+        demo = out.parent / "demo_corpus"
+        cfg = dataclasses.replace(cfg, input=str(demo / "manifest.csv") if (demo / "manifest.csv").exists()
+                                  else str(make_demo_corpus(demo)))
+    records = list_inputs(cfg.input, cfg.ingest.max_genre_words)  # config errors surface before Ray starts
+    for i, rec in enumerate(records):
+        rec["input_index"] = i
+    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    with OutputLock(out):
+        recovered = shards.recover(out)
+        song_ids, quarantined = _existing_state(out)
+        with phase("ray_start"):
+            init_ray(cfg.ray_address, cfg.num_cpus, cfg.progress)
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        # Decode is fused into the separator actors by Ray Data; align + write are ~10% of the work,
+        # so the pool leaves them ~10% of the CPUs (at least one): a pool holding every CPU would
+        # starve them and stall the stream once the object store fills.
+        actors = cfg.separate.actors or max(1, int((cpus - max(1, math.ceil(0.1 * cpus))) / cfg.separate.cpus_per_actor))
+
+        ingested = []
+        with phase("ingest"):
+            if records:
+                ds = ray.data.from_items(records, override_num_blocks=min(len(records), 4 * cpus))
+                ingested = apply_stage(ds, IngestStage, cfg).take_all()
+        pending, skipped = classify(ingested, song_ids, quarantined)
+
+        results: list[dict[str, Any]] = []
+        with phase("pipeline"):
+            if pending:
+                results = build_pipeline(ray.data.from_items(pending, override_num_blocks=min(len(pending), 200)),
+                                          cfg, out, run_id, actors).take_all()
+        shutil.rmtree(out / shards.STAGING, ignore_errors=True)  # every shard of this run is committed
+        with phase("finish"):
+            summary = _finish(cfg, out, run_id, records, results, skipped, recovered, started, phase)
+    summary["phases"] = phase.phases
+    _atomic_write(out / "summary.json", json.dumps(summary, indent=1))
+    _atomic_write(out / "runs" / f"{run_id}.json", json.dumps(summary, indent=1))
+    return summary
+
+
+def build_pipeline(ds, cfg: PreprocessConfig, out: Path, run_id: str, actors: int):
+    """decode -> separate -> align -> write, as one streaming Ray Dataset."""
+    for stage_cls in PIPELINE:
+        ds = apply_stage(ds, stage_cls, cfg, actors)
+    layout = {"encoding": cfg.shards.encoding, "segment_samples": cfg.shards.segment_samples,
+              "segments_per_row_group": cfg.shards.segments_per_row_group, "compression": cfg.shards.compression}
+    return ds.map_batches(_write_batch, batch_size=cfg.shards.songs_per_shard, batch_format="pyarrow",
+                          fn_kwargs={"out": str(out), "run_id": run_id, "layout": layout}, num_cpus=1)
+
+
+def _finish(cfg: PreprocessConfig, out: Path, run_id: str, records: list, results: list, skipped: list,
+            recovered: dict, started: float, phase) -> dict[str, Any]:
+    ok = [r for r in results if r["status"] == "ok"]
+    bad = [r for r in results if r["status"] != "ok"]
+    all_songs = list(shards.iter_song_rows(out, ["song_id", "title", "artist", "genres", "duration_s",
+                                                 "vocal_activity_ratio", "alignment_coverage", "alignment_method"]))
+    vocab_version, vocab = update_vocab(out / "vocab", [s["artist"] for s in all_songs], [s["genres"] for s in all_songs],
+                                        cfg.vocab.min_artist_count, cfg.vocab.min_genre_count, run_id)
+    parts = shards.committed_parts(out)
+    manifest = {"parts": parts, "vocab_version": vocab_version, "audio_encoding": cfg.shards.encoding,
+                "segment_samples": cfg.shards.segment_samples, "sample_rate": 44_100}
+    manifest_text = json.dumps(manifest, indent=1, sort_keys=True)
+    manifest_sha = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    _atomic_write(out / "manifest.json", manifest_text)
+
+    audio_s = sum(r["duration_s"] or 0.0 for r in ok)
+    pass2_s = phase.phases["pipeline"]["wall_s"]
+    wall = time.time() - started
+    summary = {
+        "run_id": run_id, "input": str(cfg.input), "output": str(out),
+        "inputs": len(records), "ok": len(ok), "quarantined": len(bad), "skipped_existing": len(skipped),
+        "quarantined_by_stage": dict(Counter(r["stage"] for r in bad)),
+        "audio_seconds": round(audio_s, 2), "wall_seconds": round(wall, 2), "pipeline_seconds": round(pass2_s, 2),
+        "realtime_factor": round(audio_s / pass2_s, 2) if pass2_s > 0 and audio_s else 0.0,
+        "songs_total": len(all_songs), "quarantine_total": sum(p["rows"] for p in parts if p["path"].startswith("quarantine/")),
+        "vocab_version": vocab_version, "manifest_sha256": manifest_sha, "recovered": recovered,
+    }
+    if summary["inputs"] != summary["ok"] + summary["quarantined"] + summary["skipped_existing"]:
+        raise RuntimeError(f"reconciliation failed: {summary}")  # would mean a lost input: never hide it
+    outcomes = [{"source": r["source"], "status": r["status"], "song_id": r.get("song_id") or "", "stage": r.get("stage") or "",
+                 "reason": r.get("error") or ""} for r in results]
+    outcomes += [{"source": r["source"], "status": "skipped_existing", "song_id": r.get("song_id") or "", "stage": "",
+                  "reason": r["reason"]} for r in skipped]
+    (out / "runs").mkdir(exist_ok=True)
+    if outcomes:
+        pq.write_table(pa.Table.from_pylist(outcomes), out / "runs" / f"{run_id}.inputs.parquet")
+    summary["phases"] = phase.phases
+    summary["mlflow_run_id"] = _log_mlflow(cfg, out, summary, manifest_text, vocab, all_songs, outcomes)
+    print_summary(summary, bad)
+    return summary
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _log_mlflow(cfg, out, summary, manifest_text, vocab, songs, outcomes) -> str:
+    import mlflow
+
+    from pipeline.runtime import mlflow_experiment
+
+    exp_id = mlflow_experiment(cfg.experiment, cfg.mlflow_tracking_uri)
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"preprocess-{summary['run_id']}") as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in flatten(cfg).items()})
+        mlflow.log_metrics({k: float(summary[k]) for k in ("inputs", "ok", "quarantined", "skipped_existing", "audio_seconds",
+                                                            "wall_seconds", "pipeline_seconds", "realtime_factor", "songs_total")})
+        mlflow.set_tags({"output": str(out), "preprocess_run_id": summary["run_id"], "manifest_sha256": summary["manifest_sha256"],
+                         "vocab_version": str(summary["vocab_version"])})
+        with tempfile.TemporaryDirectory() as tmp:
+            t = Path(tmp)
+            (t / "summary.json").write_text(json.dumps(summary, indent=1))
+            (t / "manifest.json").write_text(manifest_text)
+            (t / f"vocab-v{summary['vocab_version']}.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=1))
+            if outcomes:
+                pq.write_table(pa.Table.from_pylist(outcomes), t / "inputs.parquet")
+            report = write_report(songs, t / "report")
+            if songs:
+                pq.write_table(pa.Table.from_pylist(songs), t / "report" / "songs.parquet")
+            for f in sorted(t.glob("*")):
+                if f.is_file():
+                    mlflow.log_artifact(str(f))
+            if report:
+                mlflow.log_artifacts(str(t / "report"), "report")
+        return run.info.run_id
+
+
+def print_summary(summary: dict[str, Any], bad: list[dict[str, Any]]) -> None:
+    keys = ("inputs", "ok", "quarantined", "skipped_existing", "songs_total", "audio_seconds", "pipeline_seconds", "realtime_factor")
+    print("\n" + format_table(["run " + summary["run_id"], "value"], [[k, summary[k]] for k in keys]))
+    if bad:
+        print(format_table(["quarantined input", "stage", "reason"],
+                           [[Path(r["source"]).name[:40], r["stage"], (r["error"] or "")[:90]] for r in bad]))
+    print(f"output: {summary['output']}  (summary.json, songs/, segments/, quarantine/)  mlflow run: {summary.get('mlflow_run_id')}")

@@ -1,0 +1,92 @@
+"""Starting Ray and MLflow the same way in every job: embedded locally, or the cluster's."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+RUNS_DIR = PROJECT_ROOT / "runs"
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, progress: bool = True) -> str:
+    """Never a bare ray.init(): it attaches to whatever cluster runs on the machine.
+
+    ``address`` (or $RAY_ADDRESS, set by ``ray job submit``) joins a cluster; otherwise a
+    fresh local Ray is started inside this process.
+    """
+    import ray
+
+    target = address or os.environ.get("RAY_ADDRESS") or "local"
+    if not ray.is_initialized():
+        kwargs = {"address": target, "logging_level": logging.WARNING, "log_to_driver": True}
+        if target == "local":
+            kwargs.update(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False)
+        ray.init(**kwargs)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    ctx.print_on_execution_start = False
+    return target
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    """$MLFLOW_TRACKING_URI wins; the default is a sqlite store under the project's runs/."""
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    RUNS_DIR.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{RUNS_DIR / 'mlflow.db'}"
+
+
+def mlflow_experiment(name: str, uri: str | None = None) -> str:
+    """Set the tracking URI and make sure the experiment exists; returns its id.
+
+    With a local store the artefacts go to an explicit absolute folder (MLflow's default
+    is relative to the current directory, which differs on Ray workers).
+    """
+    import mlflow
+
+    uri = tracking_uri(uri)
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    artifact_location = None
+    if uri.startswith("sqlite:///") or uri.startswith("file:"):
+        root = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else Path(uri.removeprefix("file:"))
+        artifact_location = (root / "mlartifacts" / name).resolve().as_uri()
+    return mlflow.create_experiment(name, artifact_location=artifact_location)
+
+
+def machine_cpu_seconds() -> float | None:
+    """CPU-seconds every process on this machine has used (Linux /proc/stat), None elsewhere.
+
+    Counts Ray's daemons and idle workers too, which a per-process timer would miss.
+    """
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:9]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields)
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class PhaseTimer:
+    """Wall time and machine-wide CPU time of each phase of a job (for its summary)."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, dict[str, float | None]] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0, c0 = time.perf_counter(), machine_cpu_seconds()
+        try:
+            yield
+        finally:
+            c1 = machine_cpu_seconds()
+            self.phases[name] = {"wall_s": round(time.perf_counter() - t0, 3),
+                                 "machine_cpu_s": round(c1 - c0, 3) if c0 is not None and c1 is not None else None}

@@ -1,0 +1,81 @@
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import ConfigError
+from pipeline.preprocess.ingest import content_hash, genre_words, ingest_row, list_inputs, normalise_lyrics
+
+
+def test_manifest_formats_agree(tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"RIFF....")
+    (tmp_path / "a.txt").write_text("la la\r\nla\n\n\n\nend  ", encoding="utf-8")
+    row = {"path": "a.wav", "artist": " Ünïcode  Artist ", "genre": "Pop; Rock/indie", "lyrics": "a.txt", "title": "T", "language": "de", "id": "x1"}
+    (tmp_path / "m.csv").write_text("path,artist,genre,lyrics,title,language,id\n" + ",".join(row.values()) + "\n", encoding="utf-8")
+    (tmp_path / "m.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    pq.write_table(pa.Table.from_pylist([row]), tmp_path / "m.parquet")
+    recs = [list_inputs(tmp_path / f"m.{ext}")[0] for ext in ("csv", "jsonl", "parquet")]
+    assert recs[0] == recs[1] == recs[2]
+    r = recs[0]
+    assert r["source"] == str(tmp_path / "a.wav") and r["artist"] == "Ünïcode Artist"
+    assert json.loads(r["genres_json"]) == ["pop", "rock", "indie"]
+    assert r["lyrics_ref"] == str(tmp_path / "a.txt") and r["input_id"] == "x1"
+
+
+def test_inline_lyrics_and_list_genres(tmp_path):
+    (tmp_path / "m.jsonl").write_text(json.dumps({"uri": "file:///x/y.flac", "genre": ["Hip-Hop", "Jazz Funk"], "lyrics": "one line\nsecond line"}))
+    r = list_inputs(tmp_path / "m.jsonl")[0]
+    assert r["source"] == "/x/y.flac" and json.loads(r["genres_json"]) == ["hip-hop", "jazz", "funk"]
+    assert r["lyrics_ref"] == "one line\nsecond line"
+
+
+def test_folder_walk_with_sidecars(tmp_path):
+    (tmp_path / "album").mkdir()
+    (tmp_path / "album" / "s1.flac").write_bytes(b"fLaC")
+    (tmp_path / "album" / "s1.json").write_text(json.dumps({"artist": "A", "genre": "folk", "title": "One"}))
+    (tmp_path / "album" / "s1.txt").write_text("words")
+    (tmp_path / "album" / "s2.mid").write_bytes(b"MThd")
+    (tmp_path / ".hidden.wav").write_bytes(b"RIFF")
+    recs = list_inputs(tmp_path)
+    assert [r["source"].rsplit("/", 1)[-1] for r in recs] == ["s1.flac", "s2.mid"]  # sidecars and hidden files are not inputs
+    assert recs[0]["artist"] == "A" and recs[0]["title"] == "One" and recs[0]["lyrics_ref"].endswith("s1.txt")
+
+
+def test_rows_without_path_are_quarantined_and_bad_manifests_refused(tmp_path):
+    (tmp_path / "m.csv").write_text("path,artist\n,someone\n")
+    r = list_inputs(tmp_path / "m.csv")[0]
+    assert r["status"] == "quarantined" and r["stage"] == "ingest" and "no audio path" in r["error"]
+    (tmp_path / "n.csv").write_text("song,artist\nx.wav,someone\n")
+    with pytest.raises(ConfigError, match="no audio column"):
+        list_inputs(tmp_path / "n.csv")
+    with pytest.raises(ConfigError, match="does not exist"):
+        list_inputs(tmp_path / "nope.csv")
+
+
+def test_same_bytes_same_song_id(tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"RIFF" + bytes(5000))
+    (tmp_path / "b.wav").write_bytes(b"RIFF" + bytes(5000))
+    (tmp_path / "c.wav").write_bytes(b"RIFF" + bytes(4999) + b"\x01")
+    ids = [content_hash(str(tmp_path / f"{n}.wav"), 1024) for n in "abc"]
+    assert ids[0] == ids[1] != ids[2] and len(ids[0]) == 32
+
+
+def test_ingest_row_flags_missing_lyrics_file(tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"RIFF" + bytes(100))
+    row = list_inputs_row(tmp_path, "missing.txt")
+    with pytest.raises(FileNotFoundError, match="lyrics file not found"):
+        ingest_row(row, 1024)
+    assert row["file_size"] == 104  # the fingerprint is kept for the quarantine record
+
+
+def list_inputs_row(tmp_path, lyrics):
+    (tmp_path / "m.csv").write_text(f"path,lyrics\na.wav,{lyrics}\n")
+    return list_inputs(tmp_path / "m.csv")[0]
+
+
+def test_lyrics_and_genre_normalisation():
+    assert normalise_lyrics("  Hello\tworld \r\n\r\n\r\n\r\nEnd ") == "Hello world\n\nEnd"
+    assert normalise_lyrics("e\u0301") == "é"  # NFC
+    assert genre_words("Rock, rock; POP / indie rock alt country", 5) == ["rock", "pop", "indie", "alt", "country"]
+    assert genre_words(None, 5) == []

@@ -28,9 +28,9 @@ WORDS = (
 # F1, F2, F3 (Hz) of sung vowels: enough to make the stem voice-like for a separator/VAD.
 FORMANTS = {"a": (800, 1150, 2900), "e": (400, 1600, 2700), "i": (300, 2300, 3000),
             "o": (450, 800, 2830), "u": (325, 700, 2530)}
-# (artist, genre, language, lyrics-prefix): two non-ASCII names on purpose.
+# (artist, genre, language, mark on the first word): non-ASCII names and lyrics on purpose.
 ARTISTS = (("The Synthetics", "pop", "en", ""), ("Björk Ångström", "electronic ambient", "en", ""),
-           ("Los Sintéticos", "folk", "es", "¡canción! "), ("The Synthetics", "pop rock", "en", ""))
+           ("Los Sintéticos", "folk", "es", "¡"), ("The Synthetics", "pop rock", "en", ""))
 FORMATS = (("wav", "PCM_16", 48000), ("flac", "PCM_24", 22050), ("ogg", "VORBIS", 32000), ("mp3", "MPEG_LAYER_III", 44100))
 
 
@@ -59,7 +59,7 @@ def _voice(f0: np.ndarray, vowel: str, sr: int) -> np.ndarray:
     return out / (np.abs(out).max() + 1e-9)
 
 
-def synth_song(seconds: float, sr: int, rng: np.random.Generator, n_words: int) -> tuple[np.ndarray, np.ndarray, list[str], list[float], list[float]]:
+def synth_song(seconds: float, sr: int, rng: np.random.Generator, n_words: int) -> tuple[np.ndarray, np.ndarray, list, list, list]:
     """Returns (accompaniment (n,2), vocals (n,2), words, word starts, word ends)."""
     n = int(seconds * sr)
     t = np.arange(n) / sr
@@ -122,6 +122,8 @@ def make_demo_corpus(folder: str | Path, songs: int = 4, seconds: float = 20.0, 
         ext, subtype, sr = FORMATS[i % len(FORMATS)]
         name = f"demo_{i:02d}"
         acc, voc, words, starts, ends = synth_song(seconds, sr, rng, n_words=int(seconds * 1.2))
+        if prefix and words:
+            words[0] = prefix + words[0]
         mix = np.clip(acc + voc, -1, 1)
         if ext == "ogg":
             mix = mix.mean(axis=1)  # one mono source, so the pipeline's mono path runs too
@@ -135,7 +137,7 @@ def make_demo_corpus(folder: str | Path, songs: int = 4, seconds: float = 20.0, 
                 line = []
             line.append((w, s, e))
         lines.append(line)
-        text = prefix + "\n".join(" ".join(w for w, _, _ in ln) for ln in lines) + "\n"
+        text = "\n".join(" ".join(w for w, _, _ in ln) for ln in lines) + "\n"
         (folder / "lyrics" / f"{name}.txt").write_text(text, encoding="utf-8")
         (folder / "lyrics" / f"{name}.words.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
         with open(folder / "annotations" / "words" / f"{name}.csv", "w", newline="") as fh:
@@ -146,6 +148,10 @@ def make_demo_corpus(folder: str | Path, songs: int = 4, seconds: float = 20.0, 
                     w.writerow([s, e, e if j == len(ln) - 1 else "nan"])
         rows.append({"path": f"audio/{name}.{ext}", "artist": artist, "genre": genre,
                      "lyrics": f"lyrics/{name}.txt", "title": f"Demo song {i}", "language": language, "id": name})
+    with open(folder / "JamendoLyrics.csv", "w", newline="", encoding="utf-8") as fh:  # so pipeline.align.evaluate reads it
+        writer = csv.writer(fh)
+        writer.writerow(["Filepath", "Artist", "Title", "Genre", "Language"])
+        writer.writerows([[r["path"], r["artist"], r["title"], r["genre"], r["language"]] for r in rows])
     manifest = folder / "manifest.csv"
     with open(manifest, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))

@@ -118,7 +118,8 @@ class SeparateStage(Stage):
         stems = self.separator.separate(mix, audio_io.TARGET_SAMPLE_RATE)
         a = self.cfg.align
         va = detect_vocal_activity(stems.vocals, mix, audio_io.TARGET_SAMPLE_RATE, a.vocal_share, a.vocal_floor_db)
-        return {"vocals": audio_io.to_bytes(stems.vocals) if self.keep_vocals else b"", "vocal_activity": va.active.astype(np.uint8).tobytes(),
+        return {"vocals": audio_io.to_bytes(stems.vocals) if self.keep_vocals else b"",
+                "vocal_activity": va.active.astype(np.uint8).tobytes(),
                 "vocal_activity_hop_s": va.hop_seconds, "vocal_activity_ratio": va.ratio,
                 "separator": self.separator.name, "separator_version": self.separator.version}
 

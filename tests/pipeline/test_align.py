@@ -55,3 +55,14 @@ def test_lyrics_window_picks_the_sung_characters():
     assert lyrics_window(lyrics, onsets, 195.0, 200.0, 512) == lyrics[-512:]
     assert lyrics_window("", np.zeros(0), 0, 1) == ""
     assert list(word_starts("  two words")) == [2, 6]
+
+
+def test_evaluate_on_synthetic_songs_with_known_timings(tmp_path):
+    from pipeline.align.evaluate import evaluate
+    from pipeline.demo_corpus import make_demo_corpus
+
+    make_demo_corpus(tmp_path, songs=2, seconds=15.0, seed=21)
+    results = evaluate(tmp_path, ["linear", "vocal_activity"])
+    assert len(results) == 4 and all(0 <= r["within_0.3s"] <= r["within_1s"] <= 1 for r in results)
+    mean = {name: np.mean([r["aae_s"] for r in results if r["aligner"] == name]) for name in ("linear", "vocal_activity")}
+    assert mean["vocal_activity"] < mean["linear"], mean

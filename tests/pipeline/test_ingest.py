@@ -11,7 +11,8 @@ from pipeline.preprocess.ingest import content_hash, genre_words, ingest_row, li
 def test_manifest_formats_agree(tmp_path):
     (tmp_path / "a.wav").write_bytes(b"RIFF....")
     (tmp_path / "a.txt").write_text("la la\r\nla\n\n\n\nend  ", encoding="utf-8")
-    row = {"path": "a.wav", "artist": " Ünïcode  Artist ", "genre": "Pop; Rock/indie", "lyrics": "a.txt", "title": "T", "language": "de", "id": "x1"}
+    row = {"path": "a.wav", "artist": " Ünïcode  Artist ", "genre": "Pop; Rock/indie", "lyrics": "a.txt", "title": "T",
+           "language": "de", "id": "x1"}
     (tmp_path / "m.csv").write_text("path,artist,genre,lyrics,title,language,id\n" + ",".join(row.values()) + "\n", encoding="utf-8")
     (tmp_path / "m.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
     pq.write_table(pa.Table.from_pylist([row]), tmp_path / "m.parquet")
@@ -24,7 +25,8 @@ def test_manifest_formats_agree(tmp_path):
 
 
 def test_inline_lyrics_and_list_genres(tmp_path):
-    (tmp_path / "m.jsonl").write_text(json.dumps({"uri": "file:///x/y.flac", "genre": ["Hip-Hop", "Jazz Funk"], "lyrics": "one line\nsecond line"}))
+    row = {"uri": "file:///x/y.flac", "genre": ["Hip-Hop", "Jazz Funk"], "lyrics": "one line\nsecond line"}
+    (tmp_path / "m.jsonl").write_text(json.dumps(row))
     r = list_inputs(tmp_path / "m.jsonl")[0]
     assert r["source"] == "/x/y.flac" and json.loads(r["genres_json"]) == ["hip-hop", "jazz", "funk"]
     assert r["lyrics_ref"] == "one line\nsecond line"

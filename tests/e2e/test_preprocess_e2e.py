@@ -1,0 +1,258 @@
+"""End to end: the real job (`python jobs/preprocess.py`), real Ray, real MLflow (sqlite)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from corpus import make_broken_corpus, write_jamendo_manifest
+
+from pipeline import shards
+from pipeline.audio import decode
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+JOB = ROOT / "jobs" / "preprocess.py"
+
+
+def run_job(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(JOB), "--progress", "false", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def table(out: Path, sub: str) -> list[dict]:
+    t = shards.read_table(out, sub)
+    return t.to_pylist() if t is not None else []
+
+
+@pytest.fixture(scope="module")
+def broken_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("broken")
+    manifest, expected = make_broken_corpus(tmp / "corpus")
+    out, db = tmp / "out", f"sqlite:///{tmp / 'mlflow.db'}"
+    args = ("--input", str(manifest), "--output", str(out), "--decode.max_seconds", "120", "--mlflow_tracking_uri", db)
+    first = run_job(*args)
+    return {"out": out, "expected": expected, "args": args, "db": db, "first": first, "manifest": manifest}
+
+
+def test_every_input_is_accounted_for_with_its_reason(broken_run):
+    out, expected = broken_run["out"], broken_run["expected"]
+    summary = json.loads((out / "summary.json").read_text())
+    n_ok = sum(v == "ok" for v in expected.values())
+    assert (summary["inputs"], summary["ok"], summary["quarantined"], summary["skipped_existing"]) == \
+        (len(expected), n_ok, len(expected) - n_ok, 0)
+    quarantine = {Path(r["source"]).name if "#row=" not in r["source"] else "#row": r for r in table(out, "quarantine")}
+    for name, outcome in expected.items():
+        if outcome != "ok":
+            assert quarantine[name]["stage"] == outcome, (name, quarantine.get(name))
+    reasons = {k: v["error"] for k, v in quarantine.items()}
+    assert "empty file" in reasons["empty.wav"] and "text, not audio" in reasons["notes.mp3"]
+    assert "unsupported format .mid" in reasons["song.mid"] and "too long" in reasons["too_long.wav"]
+    assert "not found" in reasons["missing.wav"] and "duplicate content" in reasons[next(k for k in reasons if k.startswith("copy_of"))]
+    assert "not a decodable audio file" in reasons["corrupt.mp3"] and "no audio path" in reasons["#row"]
+    # the per-input outcome file lists every input exactly once
+    outcomes = pq.read_table(out / "runs" / f"{summary['run_id']}.inputs.parquet").to_pylist()
+    assert len(outcomes) == len(expected) and len({o["source"] for o in outcomes}) == len(expected)
+    assert "quarantined" in broken_run["first"].stdout and "run " in broken_run["first"].stdout  # the summary table
+
+
+def test_songs_rows_carry_metadata_alignment_and_audio(broken_run):
+    out = broken_run["out"]
+    songs = {Path(r["source"]).name: r for r in table(out, "songs")}
+    assert len({r["song_id"] for r in songs.values()}) == len(songs)
+    uni = songs["ünïcödé_sông.flac"]
+    assert uni["artist"] == "Sigur Rós & Björk" and "日本語の歌詞" in uni["lyrics"] and uni["mono_source"]
+    assert uni["source_sample_rate"] == 22050 and uni["sample_rate"] == 44100 and uni["channels"] == 2
+    assert songs["no_lyrics.wav"]["lyrics_missing"] and songs["no_lyrics.wav"]["alignment_method"].startswith("none")
+    reader = shards.ShardReader(out)
+    for row in songs.values():
+        assert len(row["char_onsets"]) == len(row["lyrics"]) and len(row["word_onsets"]) == len(row["lyrics"].split())
+        assert np.all(np.diff(row["char_onsets"]) >= 0) and (not row["char_onsets"] or max(row["char_onsets"]) <= row["duration_s"])
+        assert row["separator"] == "dsp" and row["audio_encoding"] == "flac" and row["genres"]
+        # the stored audio is the decoded source, 16-bit quantised
+        src = decode(row["source"], 0, 1e9).samples
+        assert row["num_samples"] == len(src)
+        offset = len(src) // 3
+        window = reader.read_window(row["song_id"], offset, 300_000)
+        valid = min(300_000, len(src) - offset)
+        assert np.max(np.abs(window[:valid] - src[offset:offset + valid])) <= 1.01 / 32767
+    vocab = json.loads(sorted((out / "vocab").glob("vocab-v*.json"))[-1].read_text())
+    assert vocab["artists"]["unknown"] == 0 and "sigur rós & björk" in vocab["artists"]
+
+
+def test_mlflow_run_has_params_metrics_and_report(broken_run):
+    import mlflow
+
+    out = broken_run["out"]
+    summary = json.loads((out / "summary.json").read_text())
+    client = mlflow.MlflowClient(tracking_uri=broken_run["db"])
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.data.metrics["ok"] == summary["ok"] and run.data.metrics["quarantined"] == summary["quarantined"]
+    assert run.data.params["decode.max_seconds"] == "120.0" and run.data.tags["manifest_sha256"] == summary["manifest_sha256"]
+    names = {a.path for a in client.list_artifacts(run.info.run_id)} | {a.path for a in client.list_artifacts(run.info.run_id, "report")}
+    for expected in ("summary.json", "manifest.json", "vocab-v1.json", "inputs.parquet", "report/duration_histogram.png",
+                     "report/vocal_activity_ratio.png", "report/alignment_coverage.png"):
+        assert expected in names, names
+
+
+def test_rerun_adds_nothing(broken_run):
+    out = broken_run["out"]
+    before = {sub: sorted(p.name for p in (out / sub).glob("*.parquet")) for sub in ("songs", "segments", "quarantine")}
+    run_job(*broken_run["args"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped_existing"] == summary["inputs"] and summary["ok"] == summary["quarantined"] == 0
+    after = {sub: sorted(p.name for p in (out / sub).glob("*.parquet")) for sub in ("songs", "segments", "quarantine")}
+    assert before == after and summary["vocab_version"] == 1
+
+
+def test_new_inputs_in_a_rerun_are_the_only_work(broken_run, tmp_path):
+    """Append a new song and a fixed version of a broken one: only those are processed."""
+    import soundfile as sf
+
+    manifest, out = broken_run["manifest"], broken_run["out"]
+    t = np.arange(3 * 44100) / 44100
+    sf.write(manifest.parent / "audio" / "new_song.wav", np.stack([np.sin(2 * np.pi * 300 * t)] * 2, 1) * 0.2, 44100)
+    with open(manifest, "a", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerow(["audio/new_song.wav", "New Artist", "jazz", "", "new", "", "new"])
+    run_job(*broken_run["args"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["ok"], summary["quarantined"], summary["skipped_existing"]) == (1, 0, summary["inputs"] - 1)
+    assert summary["vocab_version"] == 2 and summary["songs_total"] == len(table(out, "songs"))
+
+
+def test_killed_run_leaves_no_partial_shard_and_rerun_completes(tmp_path):
+    from pipeline.demo_corpus import make_demo_corpus
+
+    manifest = make_demo_corpus(tmp_path / "corpus", songs=10, seconds=10.0, seed=5)
+    out = tmp_path / "out"
+    args = [sys.executable, str(JOB), "--progress", "false", "--input", str(manifest), "--output", str(out),
+            "--shards.songs_per_shard", "1", "--mlflow_tracking_uri", f"sqlite:///{tmp_path / 'm.db'}"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((out / "songs").glob("*.parquet")) and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray processes, mid-run
+    proc.wait()
+    committed = len(list((out / "songs").glob("*.parquet")))
+    assert 1 <= committed < 10, "the run was not interrupted mid-way; make the corpus bigger"
+    for part in (out / "songs").glob("*.parquet"):  # whatever is visible is whole
+        assert pq.read_table(part).num_rows == 1
+    run_job(*args[2:])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped_existing"] == committed and summary["ok"] == 10 - committed
+    songs = table(out, "songs")
+    assert len(songs) == 10 and len({s["song_id"] for s in songs}) == 10
+    segment_files = {p.name for p in (out / "segments").glob("*.parquet")}
+    assert segment_files == {p.name for p in (out / "songs").glob("*.parquet")}  # no orphan audio
+    assert not (out / "_staging").exists()
+
+
+@pytest.mark.realdata
+def test_real_songs_go_through_and_vocal_activity_beats_linear(realdata, tmp_path):
+    from pipeline.align import AlignInput, LinearAligner
+
+    manifest = write_jamendo_manifest(tmp_path)
+    out = tmp_path / "out"
+    run_job("--input", str(manifest), "--output", str(out), "--mlflow_tracking_uri", f"sqlite:///{tmp_path / 'm.db'}")
+    songs = table(out, "songs")
+    assert len(songs) == 3
+    errors = {"vocal_activity": [], "linear": []}
+    for s in songs:
+        stem = Path(s["source"]).stem
+        assert abs(s["duration_s"] - decode(s["source"], 0, 1e9).samples.shape[0] / 44100) < 1e-6
+        assert s["alignment_method"] == "vocal_activity"
+        with open(realdata / "annotations" / "words" / f"{stem}.csv") as fh:
+            spans = [(float(r["word_start"]), float(r["word_end"])) for r in csv.DictReader(fh)]
+        truth = np.array([a for a, _ in spans])
+        # vocal activity against the annotated sung frames: F1 and precision above chance
+        active, hop = np.array(s["vocal_activity"]), s["vocal_activity_hop_s"]
+        sung = np.zeros_like(active)
+        for a, b in spans:
+            sung[int(a / hop):int(b / hop) + 1] = True
+        precision, recall = (active & sung).sum() / active.sum(), (active & sung).sum() / sung.sum()
+        assert 2 * precision * recall / (precision + recall) > 0.6 and precision >= sung.mean(), (stem, precision, recall)
+        assert len(s["word_onsets"]) == len(truth)
+        linear = LinearAligner().align(AlignInput(s["lyrics"], s["duration_s"], 44100)).word_onsets
+        errors["vocal_activity"].append(np.mean(np.abs(np.array(s["word_onsets"]) - truth)))
+        errors["linear"].append(np.mean(np.abs(linear - truth)))
+    # the paper's linear baseline vs characters spread over sung frames (word-onset mean absolute error)
+    assert np.mean(errors["vocal_activity"]) < np.mean(errors["linear"]), errors
+
+
+def test_same_file_runs_under_ray_job_submit(tmp_path):
+    """The contract for clusters: `ray job submit --working-dir . -- python jobs/preprocess.py ...`."""
+    from pipeline.demo_corpus import make_demo_corpus
+
+    ray_bin = Path(sys.executable).parent / "ray"
+    manifest = make_demo_corpus(tmp_path / "corpus", songs=2, seconds=6.0, seed=9)
+    port, dash = 6391, 8271
+    # the cluster runs the project's environment: `python` in the entrypoint must be its python
+    venv_path = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    head = subprocess.Popen(["bash", str(ROOT / "infra" / "ray-head.sh")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True,
+                            env={**venv_path, "RAY_PORT": str(port), "RAY_DASHBOARD_PORT": str(dash), "RAY_NUM_CPUS": "2"})
+    env = {**venv_path, "RAY_AUTH_MODE": "token", "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dash}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{dash}/api/version", timeout=2)
+                break
+            except OSError as exc:
+                if getattr(exc, "code", None) == 401:  # up, and asking for the token: good
+                    break
+                time.sleep(1)
+        proc = subprocess.run([str(ray_bin), "job", "submit", "--working-dir", str(ROOT), "--", "python", "jobs/preprocess.py",
+                               "--progress", "false", "--input", str(manifest), "--output", str(tmp_path / "out")],
+                              capture_output=True, text=True, timeout=400, env=env, cwd=ROOT)
+        assert proc.returncode == 0 and "succeeded" in proc.stdout + proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
+        summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+        assert summary["ok"] == 2 and summary["inputs"] == 2
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # never `ray stop`: it would kill every Ray on the machine
+        head.wait(timeout=60)
+
+
+def test_job_logs_to_an_mlflow_server(tmp_path):
+    """Cluster mode: MLFLOW_TRACKING_URI names a server started by infra/mlflow-server.sh."""
+    import mlflow
+
+    from pipeline.demo_corpus import make_demo_corpus
+
+    manifest = make_demo_corpus(tmp_path / "corpus", songs=1, seconds=5.0, seed=4)
+    port = 5077
+    server = subprocess.Popen(["bash", str(ROOT / "infra" / "mlflow-server.sh")], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True,
+                              env={**os.environ, "MLFLOW_ROOT": str(tmp_path / "mlflow"), "MLFLOW_PORT": str(port)})
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(1)
+        run_job("--input", str(manifest), "--output", str(tmp_path / "out"), env={"MLFLOW_TRACKING_URI": uri})
+        summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        assert client.get_run(summary["mlflow_run_id"]).data.metrics["ok"] == 1
+        assert "summary.json" in {a.path for a in client.list_artifacts(summary["mlflow_run_id"])}
+        # artefacts went through the server to its own store, not to a path on the client
+        assert list((tmp_path / "mlflow" / "artifacts").rglob("summary.json"))
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)

@@ -223,6 +223,10 @@ def _finish(cfg: PreprocessConfig, out: Path, run_id: str, records: list, result
     if outcomes:
         pq.write_table(pa.Table.from_pylist(outcomes), out / "runs" / f"{run_id}.inputs.parquet")
     summary["phases"] = phase.phases
+    # The data is committed: record the run before talking to MLflow, so an unreachable
+    # tracking server costs the tracking, not the record of what was written.
+    _atomic_write(out / "runs" / f"{run_id}.json", json.dumps(summary, indent=1))
+    _atomic_write(out / "summary.json", json.dumps(summary, indent=1))
     summary["mlflow_run_id"] = _log_mlflow(cfg, out, summary, manifest_text, vocab, all_songs, outcomes)
     print_summary(summary, bad)
     return summary

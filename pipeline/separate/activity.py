@@ -28,13 +28,17 @@ class VocalActivity:
 
 
 def _band_energy(mono: np.ndarray, sample_rate: int) -> np.ndarray:
-    import torch  # lazily: light stages import VocalActivity without paying for torch
+    """Voice-band energy per frame (non-overlapping Hann frames, centred like torch.stft).
 
-    spec = torch.stft(torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32)), ACTIVITY_HOP, ACTIVITY_HOP,
-                      window=torch.hann_window(ACTIVITY_HOP), return_complex=True, center=True)
+    numpy only: this also runs inside the Spleeter environment, which has no torch.
+    """
+    half = ACTIVITY_HOP // 2
+    x = np.pad(np.asarray(mono, dtype=np.float32), (half, half), mode="reflect" if len(mono) > half else "constant")
+    frames = np.lib.stride_tricks.sliding_window_view(x, ACTIVITY_HOP)[::ACTIVITY_HOP]
+    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(ACTIVITY_HOP) / ACTIVITY_HOP)).astype(np.float32)  # periodic Hann
     freqs = np.fft.rfftfreq(ACTIVITY_HOP, 1 / sample_rate)
-    band = torch.from_numpy((freqs >= 100) & (freqs <= 4000))
-    return (spec.abs() ** 2)[band].sum(0).numpy()
+    band = (freqs >= 100) & (freqs <= 4000)
+    return (np.abs(np.fft.rfft(frames * window, axis=-1)[:, band]) ** 2).sum(axis=1)
 
 
 def detect_vocal_activity(vocals: np.ndarray, mix: np.ndarray, sample_rate: int, share: float = 0.25,

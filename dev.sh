@@ -3,6 +3,7 @@
 #   ./dev.sh demo [job flags]   set up .venv, then preprocess the bundled synthetic demo corpus
 #   ./dev.sh test [pytest args] set up .venv, then lint and run the test suite
 #   ./dev.sh setup              only set up .venv
+#   ./dev.sh spleeter-env       build .venv-spleeter (Spleeter 2.4.2 + TensorFlow 2.12, ~3 GB), used by the separation stage
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -30,15 +31,32 @@ setup() {
   fi
 }
 
+# Spleeter pins TensorFlow 2.12, numpy<2 and pandas<2, which clash with torch/ray/mlflow:
+# it gets its own environment, with the same Ray as the project's (Ray runs the separation
+# actors in it). ray[data]'s declared pandas/pyarrow minimums conflict with Spleeter's
+# metadata, so those few go in without the resolver (versions checked together).
+setup_spleeter() {
+  stamp=".venv-spleeter/.installed-$(cat dev.sh pyproject.toml | sha256sum | cut -c1-16)"
+  [ -f "$stamp" ] && return
+  [ -x .venv-spleeter/bin/python ] || "$(python_311)" -m venv .venv-spleeter
+  .venv-spleeter/bin/python -m pip install -q --upgrade pip
+  .venv-spleeter/bin/python -m pip install -q spleeter==2.4.2 ray==2.60.0 soundfile==0.14.0 soxr==1.1.0 pyyaml==6.0.3
+  .venv-spleeter/bin/python -m pip install -q --no-deps numpy==1.24.3 pandas==2.2.3 pyarrow==17.0.0 fsspec==2026.9.0
+  .venv-spleeter/bin/python -c "import spleeter, tensorflow, ray, pyarrow, soundfile, soxr, yaml" 2>/dev/null
+  rm -f .venv-spleeter/.installed-* && touch "$stamp"
+}
+
 cmd="${1:-help}"; shift || true
 case "$cmd" in
   setup) setup ;;
+  spleeter-env) setup_spleeter ;;
   demo)
     setup
     exec .venv/bin/python jobs/preprocess.py --demo --output data/demo/shards "$@" ;;
   test)
     setup
+    setup_spleeter
     .venv/bin/python -m ruff check pipeline models jobs bench tests
     exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@" ;;
-  *) sed -n '2,6p' "$0"; exit 2 ;;
+  *) sed -n '2,7p' "$0"; exit 2 ;;
 esac

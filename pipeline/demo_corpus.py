@@ -128,6 +128,7 @@ def make_demo_corpus(folder: str | Path, songs: int = 4, seconds: float = 20.0, 
         if ext == "ogg":
             mix = mix.mean(axis=1)  # one mono source, so the pipeline's mono path runs too
         sf.write(folder / "audio" / f"{name}.{ext}", mix, sr, subtype=subtype)
+        sf.write(folder / "stems" / f"{name}.mix.wav", np.clip(acc + voc, -1, 1), sr, subtype="FLOAT")
         sf.write(folder / "stems" / f"{name}.vocals.wav", voc, sr, subtype="FLOAT")
         sf.write(folder / "stems" / f"{name}.accompaniment.wav", acc, sr, subtype="FLOAT")
         lines, line = [], []
@@ -152,6 +153,10 @@ def make_demo_corpus(folder: str | Path, songs: int = 4, seconds: float = 20.0, 
         writer = csv.writer(fh)
         writer.writerow(["Filepath", "Artist", "Title", "Genre", "Language"])
         writer.writerows([[r["path"], r["artist"], r["title"], r["genre"], r["language"]] for r in rows])
+    with open(folder / "stems_manifest.csv", "w", newline="", encoding="utf-8") as fh:  # for jobs/train_separator.py
+        writer = csv.writer(fh)
+        writer.writerow(["mix_path", "vocals_path", "accompaniment_path"])
+        writer.writerows([[f"stems/{r['id']}.{k}.wav" for k in ("mix", "vocals", "accompaniment")] for r in rows])
     manifest = folder / "manifest.csv"
     with open(manifest, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))

@@ -23,7 +23,10 @@ class DecodeConfig:
 
 @dataclass
 class SeparateConfig:
-    separator: str = field("dsp", "vocal separator: dsp (no weights)")
+    separator: Literal["auto", "dsp", "spleeter"] = field(
+        "auto", "auto: spleeter when separate.model is given, else dsp (no weights)")
+    model: str = field("", "Spleeter model: a folder, models:/jukebox-separator@current, or spleeter:2stems (downloads)")
+    spleeter_python: str = field("", "python of the Spleeter environment (default: .venv-spleeter/bin/python)")
     actors: int = field(0, "actor-pool size; 0 = one per CPU of the cluster")
     cpus_per_actor: float = field(1.0, "CPUs reserved by each separator actor")
     threads: int = field(1, "torch threads inside each actor")

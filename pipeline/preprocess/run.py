@@ -35,6 +35,7 @@ from pipeline.preprocess.ingest import list_inputs
 from pipeline.preprocess.report import format_table, write_report
 from pipeline.preprocess.stages import PIPELINE, IngestStage, Stage
 from pipeline.preprocess.vocab import update_vocab
+from pipeline.separate.choose import choose_separator, preflight
 
 
 class OutputLock:
@@ -78,14 +79,19 @@ def _run_task_stage(batch: pa.Table, stage_cls: type[Stage], cfg: PreprocessConf
     return stage_cls(cfg)(batch)
 
 
-def apply_stage(ds, stage_cls: type[Stage], cfg: PreprocessConfig, actors: int = 1):
-    """A stage onto a Ray Dataset: actor pool if its setup is expensive, else tasks."""
+def apply_stage(ds, stage_cls: type[Stage], cfg: PreprocessConfig, actors: int = 1, choice=None):
+    """A stage onto a Ray Dataset: actor pool if its setup is expensive, else tasks.
+
+    The separation pool runs in the Spleeter environment's interpreter when Spleeter is chosen.
+    """
     import ray
 
     common = {"batch_size": stage_cls.batch_size, "batch_format": "pyarrow", "num_cpus": stage_cls.num_cpus}
     if stage_cls.uses_actors:
         common["num_cpus"] = cfg.separate.cpus_per_actor
-        return ds.map_batches(stage_cls, fn_constructor_kwargs={"cfg": cfg},
+        if choice is not None and choice.runtime_env:
+            common["runtime_env"] = choice.runtime_env
+        return ds.map_batches(stage_cls, fn_constructor_kwargs={"cfg": cfg, "choice": choice},
                               compute=ray.data.ActorPoolStrategy(min_size=actors, max_size=actors), **common)
     return ds.map_batches(_run_task_stage, fn_kwargs={"stage_cls": stage_cls, "cfg": cfg}, **common)
 
@@ -147,6 +153,7 @@ def run_preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
     with OutputLock(out):
         recovered = shards.recover(out)
         song_ids, quarantined = _existing_state(out)
+        choice = choose_separator(cfg.separate, out, cfg.mlflow_tracking_uri)  # model errors before Ray starts
         with phase("ray_start"):
             init_ray(cfg.ray_address, cfg.num_cpus, cfg.progress)
         cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -161,25 +168,28 @@ def run_preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
                 ds = ray.data.from_items(records, override_num_blocks=min(len(records), 4 * cpus))
                 ingested = apply_stage(ds, IngestStage, cfg).take_all()
         pending, skipped = classify(ingested, song_ids, quarantined)
+        if pending:
+            with phase("separator_preflight"):
+                preflight(choice)  # a corrupt model: one clear error before any song is processed
 
         results: list[dict[str, Any]] = []
         with phase("pipeline"):
             if pending:
                 results = build_pipeline(ray.data.from_items(pending, override_num_blocks=min(len(pending), 200)),
-                                          cfg, out, run_id, actors).take_all()
+                                          cfg, out, run_id, actors, choice).take_all()
         shutil.rmtree(out / shards.STAGING, ignore_errors=True)  # every shard of this run is committed
         with phase("finish"):
-            summary = _finish(cfg, out, run_id, records, results, skipped, recovered, started, phase)
+            summary = _finish(cfg, out, run_id, records, results, skipped, recovered, started, phase, choice)
     summary["phases"] = phase.phases
     _atomic_write(out / "summary.json", json.dumps(summary, indent=1))
     _atomic_write(out / "runs" / f"{run_id}.json", json.dumps(summary, indent=1))
     return summary
 
 
-def build_pipeline(ds, cfg: PreprocessConfig, out: Path, run_id: str, actors: int):
+def build_pipeline(ds, cfg: PreprocessConfig, out: Path, run_id: str, actors: int, choice=None):
     """decode -> separate -> align -> write, as one streaming Ray Dataset."""
     for stage_cls in PIPELINE:
-        ds = apply_stage(ds, stage_cls, cfg, actors)
+        ds = apply_stage(ds, stage_cls, cfg, actors, choice)
     layout = {"encoding": cfg.shards.encoding, "segment_samples": cfg.shards.segment_samples,
               "segments_per_row_group": cfg.shards.segments_per_row_group, "compression": cfg.shards.compression}
     return ds.map_batches(_write_batch, batch_size=cfg.shards.songs_per_shard, batch_format="pyarrow",
@@ -187,7 +197,7 @@ def build_pipeline(ds, cfg: PreprocessConfig, out: Path, run_id: str, actors: in
 
 
 def _finish(cfg: PreprocessConfig, out: Path, run_id: str, records: list, results: list, skipped: list,
-            recovered: dict, started: float, phase) -> dict[str, Any]:
+            recovered: dict, started: float, phase, choice) -> dict[str, Any]:
     ok = [r for r in results if r["status"] == "ok"]
     bad = [r for r in results if r["status"] != "ok"]
     all_songs = list(shards.iter_song_rows(out, ["song_id", "title", "artist", "genres", "duration_s",
@@ -195,7 +205,8 @@ def _finish(cfg: PreprocessConfig, out: Path, run_id: str, records: list, result
     vocab_version, vocab = update_vocab(out / "vocab", [s["artist"] for s in all_songs], [s["genres"] for s in all_songs],
                                         cfg.vocab.min_artist_count, cfg.vocab.min_genre_count, run_id)
     parts = shards.committed_parts(out)
-    manifest = {"parts": parts, "vocab_version": vocab_version, "audio_encoding": cfg.shards.encoding,
+    separator = {"name": choice.name, "version": choice.version, "registry": choice.registry}
+    manifest = {"parts": parts, "vocab_version": vocab_version, "audio_encoding": cfg.shards.encoding, "separator": separator,
                 "segment_samples": cfg.shards.segment_samples, "sample_rate": 44_100}
     manifest_text = json.dumps(manifest, indent=1, sort_keys=True)
     manifest_sha = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
@@ -211,7 +222,7 @@ def _finish(cfg: PreprocessConfig, out: Path, run_id: str, records: list, result
         "audio_seconds": round(audio_s, 2), "wall_seconds": round(wall, 2), "pipeline_seconds": round(pass2_s, 2),
         "realtime_factor": round(audio_s / pass2_s, 2) if pass2_s > 0 and audio_s else 0.0,
         "songs_total": len(all_songs), "quarantine_total": sum(p["rows"] for p in parts if p["path"].startswith("quarantine/")),
-        "vocab_version": vocab_version, "manifest_sha256": manifest_sha, "recovered": recovered,
+        "vocab_version": vocab_version, "manifest_sha256": manifest_sha, "recovered": recovered, "separator": separator,
     }
     if summary["inputs"] != summary["ok"] + summary["quarantined"] + summary["skipped_existing"]:
         raise RuntimeError(f"reconciliation failed: {summary}")  # would mean a lost input: never hide it
@@ -249,7 +260,8 @@ def _log_mlflow(cfg, out, summary, manifest_text, vocab, songs, outcomes) -> str
         mlflow.log_metrics({k: float(summary[k]) for k in ("inputs", "ok", "quarantined", "skipped_existing", "audio_seconds",
                                                             "wall_seconds", "pipeline_seconds", "realtime_factor", "songs_total")})
         mlflow.set_tags({"output": str(out), "preprocess_run_id": summary["run_id"], "manifest_sha256": summary["manifest_sha256"],
-                         "vocab_version": str(summary["vocab_version"])})
+                         "vocab_version": str(summary["vocab_version"]), "separator": summary["separator"]["name"],
+                         "separator_version": summary["separator"]["version"] or "-"})
         with tempfile.TemporaryDirectory() as tmp:
             t = Path(tmp)
             (t / "summary.json").write_text(json.dumps(summary, indent=1))

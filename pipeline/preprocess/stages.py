@@ -102,13 +102,16 @@ class SeparateStage(Stage):
     outputs = {"vocals": b"", "vocal_activity": b"", "vocal_activity_hop_s": 0.0, "vocal_activity_ratio": 0.0,
                "separator": "", "separator_version": ""}
 
-    def setup(self) -> None:
-        import torch  # only separator actors pay for importing torch
+    def __init__(self, cfg: PreprocessConfig, choice=None):
+        super().__init__(cfg)
+        self.choice = choice  # SeparatorChoice, resolved and checked by the driver
 
+    def setup(self) -> None:
         from pipeline.separate import build_separator
 
-        torch.set_num_threads(max(1, self.cfg.separate.threads))
-        self.separator = build_separator(self.cfg.separate.separator)
+        choice = self.choice
+        options = {"model": choice.model, "version": choice.version} if choice and choice.name == "spleeter" else {}
+        self.separator = build_separator(choice.name if choice else "dsp", **options)
         self.separator.load()
         # ~58 MB per 3-minute song: ship the vocal stem downstream only to an aligner that reads it
         self.keep_vocals = build_aligner(self.cfg.align.aligner).needs_vocals

@@ -36,4 +36,8 @@ def build_separator(name: str, **options) -> Separator:
         from pipeline.separate.dsp import CentreHarmonicSeparator
 
         return CentreHarmonicSeparator(**options)
-    raise ValueError(f"unknown separator {name!r}; available: ['dsp']")
+    if name == "spleeter":
+        from pipeline.separate.spleeter import SpleeterSeparator
+
+        return SpleeterSeparator(**options)
+    raise ValueError(f"unknown separator {name!r}; available: ['dsp', 'spleeter']")

@@ -39,6 +39,9 @@ class CentreHarmonicSeparator(Separator):
         self.centre_power, self.low_hz, self.high_hz = centre_power, low_hz, high_hz
         self.pool_t, self.pool_f = 4, 2
 
+    def load(self) -> None:
+        torch.set_num_threads(1)  # one separator per CPU: the actor pool is the parallelism
+
     def separate(self, samples: np.ndarray, sample_rate: int) -> Stems:
         x = torch.from_numpy(np.ascontiguousarray(samples.T, dtype=np.float32))  # (2, n)
         window = torch.hann_window(self.n_fft)

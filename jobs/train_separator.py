@@ -1,0 +1,35 @@
+"""Train a Spleeter 2-stem separator from (mixture, vocals, accompaniment) stems and register it.
+
+    python jobs/train_separator.py --input stems.csv --output models/separator-v1
+    python jobs/preprocess.py --input corpus.csv --output shards --separate.model models:/jukebox-separator@current
+
+Needs the Spleeter environment (./dev.sh spleeter-env). Logs to MLflow at
+$MLFLOW_TRACKING_URI or a sqlite store under ./runs/, and registers the model as
+jukebox-separator with the alias 'current' (see --register, --alias).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain checkout too
+
+from pipeline.config import ConfigError, parse_args  # noqa: E402
+from pipeline.separate.train import TrainSeparatorConfig, train_separator  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(TrainSeparatorConfig, argv, description=__doc__)
+    try:
+        summary = train_separator(cfg)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Which separator a preprocessing run uses, decided (and checked) in the driver before any song.
+
+``auto`` takes Spleeter when a model is given (a local folder, a registry URI
+``models:/jukebox-separator@current``, or a pretrained ``spleeter:2stems``), else the DSP
+separator. A registry model is downloaded once into ``<output>/_separators/`` (the output
+folder is visible to every node) and its version is recorded with every song.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import ConfigError
+from pipeline.runtime import PROJECT_ROOT
+
+DEFAULT_SPLEETER_PYTHON = PROJECT_ROOT / ".venv-spleeter" / "bin" / "python"
+
+
+@dataclass
+class SeparatorChoice:
+    name: str  # "dsp" | "spleeter"
+    model: str = ""  # local folder or spleeter:<name>
+    version: str = ""  # lineage: registry version, or folder@checkpoint step
+    runtime_env: dict[str, Any] | None = None
+    registry: dict[str, str] = field(default_factory=dict)
+
+
+def _from_registry(uri: str, out: Path, tracking_uri: str | None) -> tuple[Path, str, dict[str, str]]:
+    import mlflow
+
+    from pipeline.runtime import tracking_uri as default_uri
+
+    client = mlflow.MlflowClient(tracking_uri=default_uri(tracking_uri))
+    ref = uri.removeprefix("models:/")
+    name, _, alias = ref.partition("@")
+    try:
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(*ref.split("/", 1))
+    except Exception as exc:  # noqa: BLE001 - MLflow raises its own exception types per store
+        raise ConfigError(f"separator model {uri} not found in the registry at {client.tracking_uri}: {exc}") from None
+    local = out / "_separators" / f"{mv.name}-v{mv.version}"
+    if not local.exists():
+        with tempfile.TemporaryDirectory(dir=out) as tmp:
+            # the version's own artefact location, through this client (a models:/ URI would be
+            # resolved against MLflow's global registry URI, not the one configured here)
+            source = client.get_model_version_download_uri(mv.name, mv.version)
+            downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=client.tracking_uri))
+            local.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(downloaded), local)
+    return local, f"models:/{mv.name}/{mv.version}", {"name": mv.name, "version": str(mv.version), "run_id": mv.run_id or ""}
+
+
+def choose_separator(separate_cfg, out: Path, tracking_uri: str | None = None) -> SeparatorChoice:
+    from pipeline.separate.spleeter import SeparatorModelError, check_model_folder, checkpoint_step
+
+    name, model = separate_cfg.separator, separate_cfg.model
+    if name == "auto":
+        name = "spleeter" if model else "dsp"
+    if name == "dsp":
+        return SeparatorChoice("dsp", version="")
+    if name != "spleeter":
+        raise ConfigError(f"separate.separator must be auto, dsp or spleeter, not {name!r}")
+    if not model:
+        raise ConfigError("separate.separator=spleeter needs separate.model: a model folder, models:/<name>@<alias> "
+                          "or spleeter:2stems (pretrained, downloads once)")
+    python = Path(separate_cfg.spleeter_python or DEFAULT_SPLEETER_PYTHON)
+    if not python.exists():
+        raise ConfigError(f"the Spleeter environment is missing ({python}); build it with ./dev.sh spleeter-env")
+    registry: dict[str, str] = {}
+    try:
+        if model.startswith("models:/"):
+            folder, version, registry = _from_registry(model, out, tracking_uri)
+            check_model_folder(folder)
+            model = str(folder)
+        elif model.startswith("spleeter:"):
+            version = model
+        else:
+            folder = check_model_folder(model)
+            model, version = str(folder), f"{folder}@step-{checkpoint_step(folder)}"
+    except SeparatorModelError as exc:
+        raise ConfigError(str(exc)) from None
+    env = {"py_executable": str(python),
+           "env_vars": {"PYTHONPATH": str(PROJECT_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2",
+                        "TF_NUM_INTRAOP_THREADS": str(max(1, separate_cfg.threads)), "TF_NUM_INTEROP_THREADS": "1",
+                        **({"MODEL_PATH": os.environ["MODEL_PATH"]} if "MODEL_PATH" in os.environ else {})}}
+    return SeparatorChoice("spleeter", model, version, env, registry)
+
+
+def preflight(choice: SeparatorChoice) -> None:
+    """Load the Spleeter model once in its environment; a corrupt model is one clear error."""
+    if choice.name != "spleeter":
+        return
+    import ray
+
+    from pipeline.separate.spleeter import preflight as _preflight
+
+    task = ray.remote(num_cpus=1, runtime_env=choice.runtime_env, max_retries=0)(_preflight)
+    try:
+        ray.get(task.remote(choice.model, choice.version), timeout=600)
+    except Exception as exc:  # noqa: BLE001 - the remote error carries TensorFlow's reason
+        reason = str(exc).strip().splitlines()
+        raise ConfigError(f"the separator model {choice.model} could not be loaded in the Spleeter environment: "
+                          f"{' '.join(reason[-3:])[:1500]}") from None

@@ -61,7 +61,9 @@ def choose_separator(separate_cfg, out: Path, tracking_uri: str | None = None) -
     if name == "auto":
         name = "spleeter" if model else "dsp"
     if name == "dsp":
-        return SeparatorChoice("dsp", version="")
+        from pipeline.separate.dsp import CentreHarmonicSeparator
+
+        return SeparatorChoice("dsp", version=CentreHarmonicSeparator.version)
     if name != "spleeter":
         raise ConfigError(f"separate.separator must be auto, dsp or spleeter, not {name!r}")
     if not model:

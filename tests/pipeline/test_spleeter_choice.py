@@ -37,7 +37,8 @@ def test_model_folder_checks(tmp_path):
 
 def test_choice(tmp_path):
     cfg = SeparateConfig()
-    assert choose_separator(cfg, tmp_path).name == "dsp"  # auto, no model: the DSP fallback
+    dsp = choose_separator(cfg, tmp_path)  # auto, no model: the DSP fallback
+    assert dsp.name == "dsp" and dsp.version.startswith("centre-harmonic")
     with pytest.raises(ConfigError, match="needs separate.model"):
         choose_separator(replace(cfg, separator="spleeter"), tmp_path)
     with pytest.raises(ConfigError, match="Spleeter environment is missing"):

@@ -1,7 +1,7 @@
 """Preprocess a song corpus into Parquet shards for training.
 
     python jobs/preprocess.py --input corpus/manifest.csv --output data/shards
-    python jobs/preprocess.py --demo true --output data/shards          # synthetic demo corpus
+    python jobs/preprocess.py --demo --output data/shards          # synthetic demo corpus
     ray job submit --working-dir . -- python jobs/preprocess.py --input ... --output ...
 
 Runs an embedded local Ray unless --ray_address or $RAY_ADDRESS names a cluster; logs to
@@ -15,20 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain checkout too
 
-from pipeline.config import ConfigError, parse_args  # noqa: E402
+from pipeline.cli import run_job  # noqa: E402
 from pipeline.preprocess.config import PreprocessConfig  # noqa: E402
 from pipeline.preprocess.run import run_preprocess  # noqa: E402
 
-
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args(PreprocessConfig, argv, description=__doc__)
-    try:
-        summary = run_preprocess(cfg)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0 if summary["inputs"] == summary["ok"] + summary["quarantined"] + summary["skipped_existing"] else 1
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_job(PreprocessConfig, run_preprocess, __doc__,
+                     succeeded=lambda s: s["inputs"] == s["ok"] + s["quarantined"] + s["skipped_existing"]))

@@ -16,20 +16,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain checkout too
 
-from pipeline.config import ConfigError, parse_args  # noqa: E402
+from pipeline.cli import run_job  # noqa: E402
 from pipeline.separate.train import TrainSeparatorConfig, train_separator  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args(TrainSeparatorConfig, argv, description=__doc__)
-    try:
-        summary = train_separator(cfg)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def _train_and_print(cfg: TrainSeparatorConfig) -> dict:
+    summary = train_separator(cfg)
     print(json.dumps(summary, indent=1))
-    return 0
+    return summary
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_job(TrainSeparatorConfig, _train_and_print, __doc__))

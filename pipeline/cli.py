@@ -1,0 +1,20 @@
+"""What every job entry point does: parse its config, run, turn config errors into exit code 2."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from pipeline.config import ConfigError, parse_args
+
+
+def run_job(config_cls: type, run: Callable[[Any], dict[str, Any]], description: str,
+            succeeded: Callable[[dict[str, Any]], bool] = lambda _: True, argv: list[str] | None = None) -> int:
+    cfg = parse_args(config_cls, argv, description=description)
+    try:
+        result = run(cfg)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0 if succeeded(result) else 1

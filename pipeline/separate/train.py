@@ -2,9 +2,11 @@
 register it, so a corpus owner with stems, or without internet, has separator weights.
 
 Input: a manifest (CSV) with ``mix_path, vocals_path, accompaniment_path`` (any format and
-rate; relative to the manifest). Every stem is decoded to 44.1 kHz stereo WAV, the last
-``validation_songs`` songs are held out for Spleeter's validation, and ``spleeter train``
-runs in the Spleeter environment with our libsndfile audio adapter (no ffmpeg).
+rate; relative to the manifest), or a folder of stems: ``<name>.mix|vocals|accompaniment.<ext>``
+side by side, or one subfolder per song with ``mixture|vocals|accompaniment.<ext>`` (MUSDB).
+Every stem is decoded to 44.1 kHz stereo WAV, the last ``validation_songs`` songs are held
+out for Spleeter's validation, and ``spleeter train`` runs in the Spleeter environment with
+our libsndfile audio adapter (no ffmpeg).
 Spleeter's CLI exits 0 even when training failed, so success is the checkpoint on disk.
 """
 
@@ -30,7 +32,7 @@ from pipeline.config import ConfigError, field, flatten
 
 @dataclass
 class TrainSeparatorConfig:
-    input: str = field("", "manifest CSV: mix_path, vocals_path, accompaniment_path")
+    input: str = field("", "manifest CSV (mix_path, vocals_path, accompaniment_path) or a folder of stems")
     output: str = field("", "model folder to create (params.json + checkpoint)")
     steps: int = field(300, "training steps")
     learning_rate: float = field(1e-3, "Adam learning rate")
@@ -61,11 +63,38 @@ class TrainSeparatorConfig:
             raise ConfigError("steps must be >= 1")
 
 
+NEEDED = ("mix_path", "vocals_path", "accompaniment_path")
+
+
+def find_stems(folder: Path) -> list[dict[str, str]]:
+    """Stem triples in a folder: <name>.mix.<ext> + .vocals + .accompaniment, or MUSDB-style subfolders."""
+    rows = []
+    for mix in sorted(folder.rglob("*")):
+        if not mix.is_file():
+            continue
+        if mix.name.split(".")[-2:-1] == ["mix"]:  # <name>.mix.<ext>
+            base = mix.name[: -len(".mix" + mix.suffix)]
+            others = {k: sorted(mix.parent.glob(f"{base}.{k}.*")) for k in ("vocals", "accompaniment")}
+        elif mix.stem == "mixture":  # <song>/mixture.<ext>
+            others = {k: sorted(mix.parent.glob(f"{k}.*")) for k in ("vocals", "accompaniment")}
+        else:
+            continue
+        if all(others.values()):
+            rows.append({"mix_path": str(mix), "vocals_path": str(others["vocals"][0]),
+                         "accompaniment_path": str(others["accompaniment"][0])})
+    if not rows:
+        raise ConfigError(f"{folder}: no stems found (<name>.mix.wav + .vocals + .accompaniment, or <song>/mixture.wav + ...)")
+    return rows
+
+
 def _prepare_data(cfg: TrainSeparatorConfig, data: Path) -> tuple[list[dict], list[dict], str]:
     manifest = Path(cfg.input).resolve()
-    with open(manifest, newline="", encoding="utf-8-sig") as fh:
-        rows = list(csv.DictReader(fh))
-    needed = ("mix_path", "vocals_path", "accompaniment_path")
+    if manifest.is_dir():
+        rows = find_stems(manifest)  # absolute paths
+    else:
+        with open(manifest, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.DictReader(fh))
+    needed = NEEDED
     if not rows or any(k not in rows[0] for k in needed):
         raise ConfigError(f"{manifest}: needs the columns {needed}")
     data.mkdir(parents=True, exist_ok=True)
@@ -88,7 +117,7 @@ def _prepare_data(cfg: TrainSeparatorConfig, data: Path) -> tuple[list[dict], li
         raise ConfigError(f"{len(short)} song(s) shorter than 12 s; Spleeter's training needs longer songs")
     held = min(cfg.validation_songs, len(prepared) - 1)
     train, valid = (prepared[:-held], prepared[-held:]) if held > 0 else (prepared, prepared)
-    digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
     return train, valid, digest
 
 

@@ -55,3 +55,24 @@ def test_choice(tmp_path):
     with pytest.raises(ConfigError, match="not found in the registry"):
         choose_separator(replace(cfg, model="models:/nothing@current", spleeter_python=str(fake_python)), tmp_path,
                          f"sqlite:///{tmp_path / 'm.db'}")
+
+
+def test_training_finds_stems_in_both_folder_layouts(tmp_path):
+    from pipeline.separate.train import find_stems
+
+    for name in ("a", "b"):
+        for stem in ("mix", "vocals", "accompaniment"):
+            (tmp_path / "flat" / f"{name}.{stem}.wav").parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "flat" / f"{name}.{stem}.wav").write_bytes(b"")
+        for stem in ("mixture", "vocals", "accompaniment", "drums"):
+            (tmp_path / "musdb" / name / f"{stem}.wav").parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "musdb" / name / f"{stem}.wav").write_bytes(b"")
+    (tmp_path / "flat" / "c.mix.wav").write_bytes(b"")  # no vocals for c: not a triple
+    flat = find_stems(tmp_path / "flat")
+    assert [r["mix_path"].rsplit("/", 1)[-1] for r in flat] == ["a.mix.wav", "b.mix.wav"]
+    assert flat[0]["vocals_path"].endswith("a.vocals.wav") and flat[0]["accompaniment_path"].endswith("a.accompaniment.wav")
+    musdb = find_stems(tmp_path / "musdb")
+    assert len(musdb) == 2 and musdb[1]["vocals_path"].endswith("b/vocals.wav")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no stems found"):
+        find_stems(tmp_path / "empty")

@@ -9,7 +9,6 @@ numpy, so a stage may run in another Python environment (Spleeter's).
 
 from __future__ import annotations
 
-import json
 import traceback
 from typing import Any, ClassVar
 
@@ -157,10 +156,6 @@ def coverage(word_onsets: np.ndarray, va: VocalActivity) -> float:
         return 0.0
     frames = np.minimum((word_onsets / va.hop_seconds).astype(np.int64), va.active.size - 1)
     return float(va.active[frames].mean())
-
-
-def genres_of(row: dict[str, Any]) -> list[str]:
-    return json.loads(row["genres_json"]) if row.get("genres_json") else []
 
 
 PIPELINE: tuple[type[Stage], ...] = (DecodeStage, SeparateStage, AlignStage)

@@ -6,12 +6,7 @@ import soxr
 from pipeline.audio import decode
 from pipeline.separate import build_separator
 from pipeline.separate.activity import detect_vocal_activity
-
-
-def si_sdr(ref: np.ndarray, est: np.ndarray) -> float:
-    ref, est = ref.ravel().astype(np.float64), est.ravel().astype(np.float64)
-    target = np.dot(est, ref) / np.dot(ref, ref) * ref
-    return float(10 * np.log10(np.sum(target**2) / np.sum((est - target) ** 2)))
+from pipeline.separate.evaluate import si_sdr
 
 
 @pytest.fixture(scope="module")

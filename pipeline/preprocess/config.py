@@ -29,7 +29,7 @@ class SeparateConfig:
     spleeter_python: str = field("", "python of the Spleeter environment (default: .venv-spleeter/bin/python)")
     actors: int = field(0, "actor-pool size; 0 = one per CPU of the cluster")
     cpus_per_actor: float = field(1.0, "CPUs reserved by each separator actor")
-    threads: int = field(1, "torch threads inside each actor")
+    threads: int = field(1, "threads inside each separator actor (torch for dsp, TensorFlow for spleeter)")
 
 
 @dataclass

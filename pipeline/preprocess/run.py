@@ -180,7 +180,7 @@ def run_preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
         shutil.rmtree(out / shards.STAGING, ignore_errors=True)  # every shard of this run is committed
         with phase("finish"):
             summary = _finish(cfg, out, run_id, records, results, skipped, recovered, started, phase, choice)
-    summary["phases"] = phase.phases
+    # again, now with the finish phase timed and the MLflow run id
     _atomic_write(out / "summary.json", json.dumps(summary, indent=1))
     _atomic_write(out / "runs" / f"{run_id}.json", json.dumps(summary, indent=1))
     return summary
@@ -261,7 +261,7 @@ def _log_mlflow(cfg, out, summary, manifest_text, vocab, songs, outcomes) -> str
                                                             "wall_seconds", "pipeline_seconds", "realtime_factor", "songs_total")})
         mlflow.set_tags({"output": str(out), "preprocess_run_id": summary["run_id"], "manifest_sha256": summary["manifest_sha256"],
                          "vocab_version": str(summary["vocab_version"]), "separator": summary["separator"]["name"],
-                         "separator_version": summary["separator"]["version"] or "-"})
+                         "separator_version": summary["separator"]["version"]})
         with tempfile.TemporaryDirectory() as tmp:
             t = Path(tmp)
             (t / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -109,8 +109,11 @@ class SeparateStage(Stage):
         from pipeline.separate import build_separator
 
         choice = self.choice
-        options = {"model": choice.model, "version": choice.version} if choice and choice.name == "spleeter" else {}
-        self.separator = build_separator(choice.name if choice else "dsp", **options)
+        if choice and choice.name == "spleeter":  # TensorFlow's threads come from the runtime_env
+            name, options = "spleeter", {"model": choice.model, "version": choice.version}
+        else:
+            name, options = "dsp", {"threads": self.cfg.separate.threads}
+        self.separator = build_separator(name, **options)
         self.separator.load()
         # ~58 MB per 3-minute song: ship the vocal stem downstream only to an aligner that reads it
         self.keep_vocals = build_aligner(self.cfg.align.aligner).needs_vocals

@@ -33,14 +33,15 @@ class CentreHarmonicSeparator(Separator):
     version = "centre-harmonic-2"
 
     def __init__(self, n_fft: int = 2048, hop: int = 512, harmonic_s: float = 0.25, percussive_hz: float = 650.0,
-                 centre_power: float = 2.0, low_hz: float = 80.0, high_hz: float = 11000.0):
+                 centre_power: float = 2.0, low_hz: float = 80.0, high_hz: float = 11000.0, threads: int = 1):
         self.n_fft, self.hop = n_fft, hop
         self.harmonic_s, self.percussive_hz = harmonic_s, percussive_hz
         self.centre_power, self.low_hz, self.high_hz = centre_power, low_hz, high_hz
         self.pool_t, self.pool_f = 4, 2
+        self.threads = max(1, threads)
 
     def load(self) -> None:
-        torch.set_num_threads(1)  # one separator per CPU: the actor pool is the parallelism
+        torch.set_num_threads(self.threads)  # default 1: one separator per CPU, the actor pool is the parallelism
 
     def separate(self, samples: np.ndarray, sample_rate: int) -> Stems:
         x = torch.from_numpy(np.ascontiguousarray(samples.T, dtype=np.float32))  # (2, n)

@@ -94,14 +94,13 @@ def _prepare_data(cfg: TrainSeparatorConfig, data: Path) -> tuple[list[dict], li
     else:
         with open(manifest, newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.DictReader(fh))
-    needed = NEEDED
-    if not rows or any(k not in rows[0] for k in needed):
-        raise ConfigError(f"{manifest}: needs the columns {needed}")
+    if not rows or any(k not in rows[0] for k in NEEDED):
+        raise ConfigError(f"{manifest}: needs the columns {NEEDED}")
     data.mkdir(parents=True, exist_ok=True)
     prepared = []
     for i, row in enumerate(rows):
         stems = {}
-        for key in needed:
+        for key in NEEDED:
             path = Path(row[key]) if Path(row[key]).is_absolute() else manifest.parent / row[key]
             try:
                 stems[key.split("_")[0]] = decode(path, 1.0, 3600.0).samples

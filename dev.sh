@@ -17,7 +17,21 @@ python_311() {
   echo "error: Python 3.11 is required (set PYTHON=/path/to/python3.11)" >&2; exit 1
 }
 
+# espeak-ng (C library + voices) is what the offline default aligner speaks the lyrics with.
+system_packages() {
+  ldconfig -p 2>/dev/null | grep -q libespeak-ng && return
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null
+  elif command -v apt-get >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    sudo apt-get update -qq >/dev/null && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null
+  else
+    echo "warning: espeak-ng is missing (apt-get install espeak-ng | brew install espeak-ng);" \
+         "the tts_dtw aligner falls back to vocal_activity without it" >&2
+  fi
+}
+
 setup() {
+  system_packages
   [ -x .venv/bin/python ] || "$(python_311)" -m venv .venv
   # Re-install only when the declared dependencies changed.
   stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
@@ -36,7 +50,7 @@ setup() {
 # actors in it). ray[data]'s declared pandas/pyarrow minimums conflict with Spleeter's
 # metadata, so those few go in without the resolver (versions checked together).
 setup_spleeter() {
-  stamp=".venv-spleeter/.installed-$(cat dev.sh pyproject.toml | sha256sum | cut -c1-16)"
+  stamp=".venv-spleeter/.installed-$(declare -f setup_spleeter | sha256sum | cut -c1-16)"
   [ -f "$stamp" ] && return
   [ -x .venv-spleeter/bin/python ] || "$(python_311)" -m venv .venv-spleeter
   .venv-spleeter/bin/python -m pip install -q --upgrade pip

@@ -47,6 +47,7 @@ SONGS_SCHEMA = pa.schema([
     ("separator", pa.string()), ("separator_version", pa.string()),
     ("vocal_activity", pa.list_(pa.bool_())), ("vocal_activity_hop_s", pa.float32()), ("vocal_activity_ratio", pa.float32()),
     ("alignment_method", pa.string()), ("alignment_confidence", pa.float32()), ("alignment_coverage", pa.float32()),
+    ("alignment_language", pa.string()), ("alignment_notes", pa.string()),
     ("char_onsets", pa.list_(pa.float32())), ("word_char_starts", pa.list_(pa.int32())), ("word_onsets", pa.list_(pa.float32())),
     ("run_id", pa.string()),
 ])
@@ -89,7 +90,8 @@ def _song_row(row: dict[str, Any], layout: ShardLayout, segments_file: str, firs
         "vocal_activity": np.frombuffer(row["vocal_activity"], dtype=np.uint8).astype(bool).tolist(),
         "vocal_activity_hop_s": row["vocal_activity_hop_s"], "vocal_activity_ratio": row["vocal_activity_ratio"],
         "alignment_method": row["alignment_method"], "alignment_confidence": row["alignment_confidence"],
-        "alignment_coverage": row["alignment_coverage"], "char_onsets": _vec(row["char_onsets"], "<f4"),
+        "alignment_coverage": row["alignment_coverage"], "alignment_language": row["alignment_language"],
+        "alignment_notes": row["alignment_notes"], "char_onsets": _vec(row["char_onsets"], "<f4"),
         "word_char_starts": _vec(row["word_char_starts"], "<i4"), "word_onsets": _vec(row["word_onsets"], "<f4"),
         "run_id": run_id,
     }

@@ -4,9 +4,13 @@ An ``Aligner`` turns (mix, vocals, vocal activity, lyrics, language) into an ons
 seconds for every character of the lyrics string (index for index, so a training window
 can cut the string by time) and for every word, plus a per-song confidence in [0, 1].
 
-Shipped here: the paper's first heuristic (characters spread linearly over the song) and
-a vocal-activity variant (characters spread over the frames where the vocal stem is
-active). Stronger aligners (TTS+DTW, CTC) plug in behind the same interface.
+Aligners, weakest first: the paper's first heuristic (characters spread linearly over the
+song), a vocal-activity variant (characters spread over the frames where the vocal stem is
+active), the offline default TTS+DTW (``dtw.py``: espeak-ng speech of the lyrics aligned to
+the vocal stem) and a CTC aligner for users with wav2vec2/MMS-style weights (``ctc.py``).
+``auto`` chains them: the strongest that can align a song does, and why the stronger ones
+could not (no weights, no voice for the language, lyrics the song cannot hold) is kept
+with the song.
 """
 
 from __future__ import annotations
@@ -40,18 +44,27 @@ class Alignment:
     word_onsets: np.ndarray  # float32, one per word
     confidence: float
     method: str
+    language: str | None = None  # the language the aligner used, ISO 639-1
+    notes: str = ""  # how the language was found; why stronger aligners were skipped
 
 
 def word_starts(lyrics: str) -> np.ndarray:
     return np.array([m.start() for m in _WORD.finditer(lyrics)], dtype=np.int32)
 
 
-def _finish(lyrics: str, char_onsets: np.ndarray, duration_s: float, confidence: float, method: str) -> Alignment:
+def finish_alignment(lyrics: str, char_onsets: np.ndarray, duration_s: float, confidence: float, method: str) -> Alignment:
     char_onsets = np.clip(np.maximum.accumulate(char_onsets.astype(np.float64)) if char_onsets.size else char_onsets,
                           0.0, duration_s).astype(np.float32)
     starts = word_starts(lyrics)
     return Alignment(char_onsets, starts, char_onsets[starts] if starts.size else np.zeros(0, np.float32),
                      confidence, method)
+
+
+class AlignerUnavailable(RuntimeError):
+    """This aligner cannot align this song (missing TTS voice or weights, lyrics the song cannot hold...).
+
+    A fallback chain moves on to the next aligner; a single aligner lets it propagate.
+    """
 
 
 class Aligner(ABC):
@@ -71,7 +84,7 @@ class LinearAligner(Aligner):
         n = len(item.lyrics)
         onsets = np.arange(n, dtype=np.float64) / max(n, 1) * item.duration_s
         # No evidence from the audio at all: confidence 0 by definition.
-        return _finish(item.lyrics, onsets, item.duration_s, 0.0, self.name)
+        return finish_alignment(item.lyrics, onsets, item.duration_s, 0.0, self.name)
 
 
 class VocalActivityAligner(Aligner):
@@ -103,14 +116,70 @@ class VocalActivityAligner(Aligner):
         idx = np.minimum(pos.astype(np.int64), frames.size - 1)
         onsets = (frames[idx] + (pos - idx)) * va.hop_seconds
         rate = n / active_s
-        return _finish(item.lyrics, onsets, item.duration_s, 0.5 if 4.0 <= rate <= 30.0 else 0.2, self.name)
+        return finish_alignment(item.lyrics, onsets, item.duration_s, 0.5 if 4.0 <= rate <= 30.0 else 0.2, self.name)
 
 
-def build_aligner(name: str) -> Aligner:
-    aligners = {"linear": LinearAligner, "vocal_activity": VocalActivityAligner}
-    if name not in aligners:
-        raise ValueError(f"unknown aligner {name!r}; available: {sorted(aligners)}")
-    return aligners[name]()
+class FallbackAligner(Aligner):
+    """Try each aligner in turn; the first that can align the song wins.
+
+    The language comes from the song's metadata, else a guess from the lyrics
+    (``language.py``); an unknown language makes the TTS aligner step aside.
+    """
+
+    name = "auto"
+
+    def __init__(self, chain: list[Aligner], min_language_probability: float = 0.5):
+        self.chain = chain
+        self.min_language_probability = min_language_probability
+        self.needs_vocals = any(a.needs_vocals for a in chain)
+
+    def align(self, item: AlignInput) -> Alignment:
+        from dataclasses import replace
+
+        from pipeline.align.language import resolve_language
+
+        lang = resolve_language(item.language, item.lyrics, self.min_language_probability)
+        item = replace(item, language=lang.code)
+        notes = [f"language {lang.describe()}"]
+        for aligner in self.chain:
+            try:
+                out = aligner.align(item)
+            except AlignerUnavailable as e:
+                notes.append(f"{aligner.name} skipped: {e}")
+                continue
+            out.language, out.notes = lang.code, "; ".join(notes)
+            return out
+        raise AlignerUnavailable("; ".join(notes))  # unreachable while the chain ends with the linear aligner
+
+
+ALIGNERS = ("auto", "ctc", "tts_dtw", "vocal_activity", "linear")
+
+
+def build_aligner(name: str, ctc_model: str = "", min_language_probability: float = 0.5, device: str = "cpu") -> Aligner:
+    """``auto`` = ctc (when ``ctc_model`` is given) -> tts_dtw -> vocal_activity -> linear."""
+    if name not in ALIGNERS:
+        raise ValueError(f"unknown aligner {name!r}; available: {', '.join(ALIGNERS)}")
+    if name == "linear":
+        return LinearAligner()
+    if name == "vocal_activity":
+        return VocalActivityAligner()
+    from pipeline.align.dtw import TTSDTWAligner
+
+    if name == "tts_dtw":
+        return TTSDTWAligner()
+    if name == "ctc":
+        if not ctc_model:
+            raise ValueError("the ctc aligner needs align.ctc_model: a local folder or a hub id of a CTC checkpoint")
+        from pipeline.align.ctc import CTCAligner
+
+        return CTCAligner(ctc_model, device=device)
+    chain: list[Aligner] = []
+    if ctc_model:
+        from pipeline.align.ctc import CTCAligner
+
+        chain.append(CTCAligner(ctc_model, device=device))
+    chain += [TTSDTWAligner(), VocalActivityAligner(), LinearAligner()]
+    return FallbackAligner(chain, min_language_probability)
 
 
 def lyrics_window(lyrics: str, char_onsets: np.ndarray, start_s: float, end_s: float, n_chars: int = 512) -> str:

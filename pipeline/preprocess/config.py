@@ -34,7 +34,11 @@ class SeparateConfig:
 
 @dataclass
 class AlignConfig:
-    aligner: str = field("vocal_activity", "linear | vocal_activity")
+    aligner: Literal["auto", "ctc", "tts_dtw", "vocal_activity", "linear"] = field(
+        "auto", "auto: ctc (when align.ctc_model is set) -> tts_dtw -> vocal_activity -> linear, the first that can align a song")
+    ctc_model: str = field("", "CTC checkpoint for the ctc aligner: a folder (save_pretrained) or a hub id")
+    ctc_device: str = field("auto", "cpu | cuda | auto (cuda when there is one)")
+    min_language_probability: float = field(0.5, "songs without a language: guess it from the lyrics when this sure, else unknown")
     vocal_share: float = field(0.25, "vocal-activity: share of the mix's voice-band energy in the vocal stem")
     vocal_floor_db: float = field(20.0, "vocal-activity: frames quieter than the loudest vocal frame by more are silent")
 

@@ -223,6 +223,8 @@ def _finish(cfg: PreprocessConfig, out: Path, run_id: str, records: list, result
         "realtime_factor": round(audio_s / pass2_s, 2) if pass2_s > 0 and audio_s else 0.0,
         "songs_total": len(all_songs), "quarantine_total": sum(p["rows"] for p in parts if p["path"].startswith("quarantine/")),
         "vocab_version": vocab_version, "manifest_sha256": manifest_sha, "recovered": recovered, "separator": separator,
+        # which aligner each song of this run got (the chain steps down per song; the reasons are in songs/)
+        "alignment_methods": dict(Counter((r["alignment_method"] or "").split(" ")[0] for r in ok)),
     }
     if summary["inputs"] != summary["ok"] + summary["quarantined"] + summary["skipped_existing"]:
         raise RuntimeError(f"reconciliation failed: {summary}")  # would mean a lost input: never hide it
@@ -259,6 +261,7 @@ def _log_mlflow(cfg, out, summary, manifest_text, vocab, songs, outcomes) -> str
         mlflow.log_params({k: str(v)[:500] for k, v in flatten(cfg).items()})
         mlflow.log_metrics({k: float(summary[k]) for k in ("inputs", "ok", "quarantined", "skipped_existing", "audio_seconds",
                                                             "wall_seconds", "pipeline_seconds", "realtime_factor", "songs_total")})
+        mlflow.log_metrics({f"aligned_by_{m}": float(n) for m, n in summary["alignment_methods"].items() if m})
         mlflow.set_tags({"output": str(out), "preprocess_run_id": summary["run_id"], "manifest_sha256": summary["manifest_sha256"],
                          "vocab_version": str(summary["vocab_version"]), "separator": summary["separator"]["name"],
                          "separator_version": summary["separator"]["version"]})
@@ -281,7 +284,8 @@ def _log_mlflow(cfg, out, summary, manifest_text, vocab, songs, outcomes) -> str
 
 
 def print_summary(summary: dict[str, Any], bad: list[dict[str, Any]]) -> None:
-    keys = ("inputs", "ok", "quarantined", "skipped_existing", "songs_total", "audio_seconds", "pipeline_seconds", "realtime_factor")
+    keys = ("inputs", "ok", "quarantined", "skipped_existing", "songs_total", "audio_seconds", "pipeline_seconds", "realtime_factor",
+            "alignment_methods")
     print("\n" + format_table(["run " + summary["run_id"], "value"], [[k, summary[k]] for k in keys]))
     if bad:
         print(format_table(["quarantined input", "stage", "reason"],

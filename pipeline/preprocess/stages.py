@@ -9,6 +9,7 @@ numpy, so a stage may run in another Python environment (Spleeter's).
 
 from __future__ import annotations
 
+import functools
 import traceback
 from typing import Any, ClassVar
 
@@ -16,12 +17,13 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import audio as audio_io
-from pipeline.align import AlignInput, build_aligner
+from pipeline.align import AlignerUnavailable, AlignInput, build_aligner
 from pipeline.preprocess.config import PreprocessConfig
 from pipeline.preprocess.ingest import ingest_row
 from pipeline.separate.activity import VocalActivity, detect_vocal_activity
 
-EXPECTED_ERRORS = (audio_io.AudioError, FileNotFoundError, ValueError, UnicodeError, OSError)
+# AlignerUnavailable: a single configured aligner (not "auto") that cannot align this song
+EXPECTED_ERRORS = (audio_io.AudioError, AlignerUnavailable, FileNotFoundError, ValueError, UnicodeError, OSError)
 
 
 class Stage:
@@ -116,7 +118,7 @@ class SeparateStage(Stage):
         self.separator = build_separator(name, **options)
         self.separator.load()
         # ~58 MB per 3-minute song: ship the vocal stem downstream only to an aligner that reads it
-        self.keep_vocals = build_aligner(self.cfg.align.aligner).needs_vocals
+        self.keep_vocals = _aligner(self.cfg).needs_vocals
 
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
         mix = audio_io.from_bytes(row["audio"])
@@ -132,25 +134,39 @@ class SeparateStage(Stage):
 class AlignStage(Stage):
     name = "align"
     outputs = {"char_onsets": b"", "word_char_starts": b"", "word_onsets": b"", "alignment_method": "",
-               "alignment_confidence": 0.0, "alignment_coverage": 0.0}
+               "alignment_confidence": 0.0, "alignment_coverage": 0.0, "alignment_language": "", "alignment_notes": ""}
 
     def setup(self) -> None:
-        self.aligner = build_aligner(self.cfg.align.aligner)
+        self.aligner = _aligner(self.cfg)
 
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
         va = VocalActivity(np.frombuffer(row["vocal_activity"], dtype=np.uint8).astype(bool), row["vocal_activity_hop_s"])
         if not row["lyrics"]:
             empty = np.zeros(0, np.float32).tobytes()
             return {"char_onsets": empty, "word_char_starts": empty, "word_onsets": empty, "alignment_method": "none (no lyrics)",
-                    "alignment_confidence": 0.0, "alignment_coverage": 0.0, "vocals": b""}
+                    "alignment_confidence": 0.0, "alignment_coverage": 0.0, "alignment_language": "", "alignment_notes": "",
+                    "vocals": b""}
         item = AlignInput(lyrics=row["lyrics"], duration_s=row["duration_s"], sample_rate=audio_io.TARGET_SAMPLE_RATE,
-                          language=row["language"] or None, vocal_activity=va,
+                          language=row["language"] or None, vocal_activity=va, mix=audio_io.from_bytes(row["audio"]),
                           vocals=audio_io.from_bytes(row["vocals"]) if row["vocals"] else None)
         al = self.aligner.align(item)
         return {"char_onsets": al.char_onsets.astype("<f4").tobytes(), "word_char_starts": al.word_char_starts.astype("<i4").tobytes(),
                 "word_onsets": al.word_onsets.astype("<f4").tobytes(), "alignment_method": al.method,
                 "alignment_confidence": float(al.confidence), "alignment_coverage": coverage(al.word_onsets, va),
+                "alignment_language": al.language or "", "alignment_notes": al.notes,
                 "vocals": b""}  # the vocal stem is not stored: drop it before the writer
+
+
+def _aligner(cfg: PreprocessConfig):
+    a = cfg.align
+    return _cached_aligner(a.aligner, a.ctc_model, a.min_language_probability, a.ctc_device)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_aligner(name: str, ctc_model: str, min_language_probability: float, device: str):
+    # align runs as Ray tasks, one stage object per batch; the worker process lives on, and so
+    # does its aligner (a CTC model is loaded once per worker, not once per song)
+    return build_aligner(name, ctc_model=ctc_model, min_language_probability=min_language_probability, device=device)
 
 
 def coverage(word_onsets: np.ndarray, va: VocalActivity) -> float:

@@ -12,7 +12,8 @@ def _row(song_id, samples, status="ok"):
             "source_channels": 2, "source_sample_rate": 44100, "source_format": "WAV", "file_size": 10, "file_mtime_ns": 1,
             "peak": 0.5, "separator": "dsp", "separator_version": "1", "vocal_activity": bytes([0, 1, 1]),
             "vocal_activity_hop_s": 0.05, "vocal_activity_ratio": 0.66, "alignment_method": "linear",
-            "alignment_confidence": 0.0, "alignment_coverage": 0.5, "char_onsets": np.arange(5, dtype="<f4").tobytes(),
+            "alignment_confidence": 0.0, "alignment_coverage": 0.5, "alignment_language": "", "alignment_notes": "",
+            "char_onsets": np.arange(5, dtype="<f4").tobytes(),
             "word_char_starts": np.array([0, 3], "<i4").tobytes(), "word_onsets": np.array([0, 3], "<f4").tobytes(),
             "audio": audio_io.to_bytes(samples) if status == "ok" else b""}
 

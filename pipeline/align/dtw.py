@@ -1,0 +1,191 @@
+"""The offline default aligner: synthesise the lyrics with espeak-ng, align by DTW on MFCCs.
+
+The synthetic speech has exact word onsets (``tts.py``); a monotonic alignment of its
+frames to the song's vocal-stem frames carries them onto the song. What makes this work
+on sung audio, beyond textbook DTW (each measured on the three shared real songs with
+``bench/bench_alignment.py``):
+
+- **An HMM-like path, not a symmetric one.** Every song frame is emitted by exactly one
+  synthetic frame; from one song frame to the next the synthetic position stays (a held
+  note), advances by one, or skips one (singing faster than the speech, small penalty).
+  Path costs then compare fairly whatever the tempo.
+- **Gaps between lines.** After each lyric line (and before the first) the path may leave
+  the speech and sit in a "gap" state for any number of song frames; a gap frame costs
+  little where the vocal stem is quiet and much where it is loud. Instrumental intros,
+  breaks and outros fall into gaps instead of dragging words into them.
+- **Soft vocal activity from loudness.** Which frames hold singing is read from the vocal
+  stem's loudness relative to its own distribution (quantiles): on the DSP stem this
+  separates sung from not-sung frames far better than the stem/mix energy ratio
+  (ROC AUC 0.84-0.90 vs 0.52-0.70 on the three songs).
+- **Speech rate matched to the song.** The speech is re-synthesised at the rate that
+  makes it fill a fixed share of the song's vocal-active time, so a held note is a "stay"
+  and the skip move is rarely needed.
+- **Few, low cepstra** (c1-c9, mean/variance normalised per recording): the spectral
+  envelope (vowel identity) survives the change from speech to singing; finer cepstra
+  follow the pitch harmonics, which differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.align import Aligner, AlignerUnavailable, AlignInput, Alignment, finish_alignment, word_starts
+from pipeline.align.tts import Espeak, Speech, TTSUnavailable
+
+FEATURE_RATE = 16_000
+HOP = 320  # 20 ms frames
+_CELL_BUDGET = 200_000_000  # synthetic x song frames; above it frames are pooled (memory of the back-pointers)
+
+
+class AlignmentFailed(AlignerUnavailable):
+    """No monotonic path exists (for example, far more lyrics than the song can hold)."""
+
+
+@dataclass
+class TTSDTWOptions:
+    n_mfcc: int = 10  # c0..c9; c0 (loudness) is dropped
+    features: str = "vocals"  # "vocals" (the separated stem) or "mix"
+    fill: float = 0.7  # the speech is sped up or slowed to last this share of the vocal-active time
+    words_per_minute: tuple[int, int] = (80, 450)  # espeak-ng's usable range
+    line_pause_s: float = 0.3
+    silence_db: float = 40.0  # synthetic frames this far below the loudest are pauses and are dropped
+    vocal_quantiles: tuple[float, float] = (0.2, 0.6)  # loudness quantiles mapped to vocalness 0 and 1
+    smooth_s: float = 0.3
+    nonvocal_cost: float = 0.5  # added to a speech frame matched to a frame with no singing
+    gap_cost: float = 0.15  # a gap frame with no singing
+    gap_vocal_cost: float = 0.6  # added to a gap frame with singing
+    skip_cost: float = 0.05
+
+
+def _mel(x: np.ndarray, sample_rate: int) -> np.ndarray:
+    import librosa
+
+    y = librosa.resample(np.ascontiguousarray(x, dtype=np.float32), orig_sr=sample_rate, target_sr=FEATURE_RATE, res_type="soxr_hq")
+    return librosa.feature.melspectrogram(y=y, sr=FEATURE_RATE, n_fft=1024, hop_length=HOP, n_mels=40, fmin=80, fmax=7600)
+
+
+def _cepstra(mel: np.ndarray, n_mfcc: int, weight_frames: np.ndarray | None = None) -> np.ndarray:
+    import librosa
+
+    c = librosa.feature.mfcc(S=librosa.power_to_db(mel), n_mfcc=n_mfcc)[1:]
+    ref = c[:, weight_frames] if weight_frames is not None and weight_frames.sum() > 10 else c
+    c = (c - ref.mean(axis=1, keepdims=True)) / (ref.std(axis=1, keepdims=True) + 1e-6)
+    return (c / (np.linalg.norm(c, axis=0, keepdims=True) + 1e-9)).astype(np.float32)
+
+
+def vocalness(vocal_mel: np.ndarray, quantiles: tuple[float, float], smooth_frames: int) -> np.ndarray:
+    """Soft 0..1 singing score per frame from the vocal stem's loudness."""
+    import scipy.ndimage as ndi
+
+    loud = ndi.uniform_filter1d(np.log(vocal_mel.sum(axis=0) + 1e-10), max(1, smooth_frames))
+    lo, hi = np.quantile(loud, quantiles)
+    return np.clip((loud - lo) / (hi - lo + 1e-9), 0.0, 1.0).astype(np.float32)
+
+
+def _viterbi(song, speech, v, line_start, line_end, opt: TTSDTWOptions):
+    from pipeline.align._dtw_kernel import align_path  # numba: compiled on first use, cached on disk
+
+    return align_path(song, speech, v, line_start, line_end, opt.nonvocal_cost, opt.gap_cost, opt.gap_vocal_cost, opt.skip_cost)
+
+
+def char_onsets_from_words(lyrics: str, word_onsets: np.ndarray, duration_s: float) -> np.ndarray:
+    """Characters of each word spread between its onset and the next word's (words keep their onset exactly)."""
+    starts = word_starts(lyrics)
+    n = len(lyrics)
+    out = np.zeros(n, dtype=np.float64)
+    if starts.size == 0:
+        return out
+    bounds = np.append(starts, n)
+    ends = np.append(word_onsets[1:], min(duration_s, word_onsets[-1] + 0.5))
+    out[:starts[0]] = word_onsets[0]
+    for w in range(starts.size):
+        a, b = bounds[w], bounds[w + 1]
+        out[a:b] = word_onsets[w] + (np.arange(b - a) / (b - a)) * max(0.0, ends[w] - word_onsets[w])
+    return out
+
+
+class TTSDTWAligner(Aligner):
+    name = "tts_dtw"
+    needs_vocals = True
+    needs_language = True
+
+    def __init__(self, options: TTSDTWOptions | None = None):
+        self.opt = options or TTSDTWOptions()
+        self._tts: Espeak | None = None
+
+    @property
+    def tts(self) -> Espeak:
+        if self._tts is None:
+            self._tts = Espeak()
+        return self._tts
+
+    def _speech(self, item: AlignInput, vocal_active_s: float) -> Speech:
+        opt = self.opt
+        if Espeak.voice_for(item.language) is None:
+            raise TTSUnavailable(f"no espeak-ng voice for language {item.language!r}")
+        probe_wpm = 175
+        speech = self.tts.synthesize(item.lyrics, item.language, opt.line_pause_s, probe_wpm)
+        spoken_s = len(speech.samples) / speech.sample_rate - opt.line_pause_s * len(speech.line_onsets)
+        wpm = int(np.clip(probe_wpm * spoken_s / max(opt.fill * vocal_active_s, 1e-3), *opt.words_per_minute))
+        return speech if wpm == probe_wpm else self.tts.synthesize(item.lyrics, item.language, opt.line_pause_s, wpm)
+
+    def align(self, item: AlignInput) -> Alignment:
+        opt = self.opt
+        n_words = word_starts(item.lyrics).size
+        if n_words == 0:
+            return finish_alignment(item.lyrics, np.zeros(len(item.lyrics)), item.duration_s, 0.0, self.name)
+        stem = item.vocals if item.vocals is not None else item.mix
+        if stem is None:
+            raise AlignmentFailed("the TTS+DTW aligner needs the vocal stem or the mix")
+        vocal_mel = _mel(stem.mean(axis=1) if stem.ndim == 2 else stem, item.sample_rate)
+        v = vocalness(vocal_mel, opt.vocal_quantiles, int(round(opt.smooth_s * FEATURE_RATE / HOP)))
+        if opt.features == "mix" and item.mix is not None:
+            song_mel = _mel(item.mix.mean(axis=1), item.sample_rate)[:, :v.size]
+        else:
+            song_mel = vocal_mel
+        speech = self._speech(item, float(v.sum()) * HOP / FEATURE_RATE)
+
+        speech_mel = _mel(speech.samples, speech.sample_rate)
+        loud = 10 * np.log10(speech_mel.sum(axis=0) + 1e-12)
+        kept = np.flatnonzero(loud > loud.max() - opt.silence_db)
+        # pool frames when the back-pointer table would be too large (very long songs)
+        pool = int(np.ceil(np.sqrt(kept.size * v.size / _CELL_BUDGET)))
+        song = _cepstra(song_mel, opt.n_mfcc, v > 0.5)[:, ::pool]
+        vv = v[::pool]
+        kept = kept[::pool]
+        speech_c = _cepstra(speech_mel, opt.n_mfcc)[:, kept]
+        # espeak-ng's fastest speech is about as fast as anyone raps: lyrics that need longer than the song are not its lyrics
+        if kept.size > song.shape[1]:
+            raise AlignmentFailed(f"the lyrics need {kept.size * HOP * pool / FEATURE_RATE:.0f} s of speech even at "
+                                  f"{opt.words_per_minute[1]} words/min; the song is {item.duration_s:.0f} s")
+        # line structure on the kept frames; gaps are allowed before a line and after the last
+        # frame boundaries by ceil for lines and words alike: a line's first word never lands in the line before
+        line_of = np.searchsorted(np.ceil(speech.line_onsets * FEATURE_RATE / HOP), kept, side="right") - 1
+        lines = np.unique(line_of)
+        line_start = np.array([np.flatnonzero(line_of == k)[0] for k in lines], dtype=np.int64)
+        line_end = np.array([np.flatnonzero(line_of == k)[-1] for k in lines], dtype=np.int64)
+        path, cost = _viterbi(song, speech_c, vv, line_start, line_end, opt)
+        if not np.isfinite(cost):
+            raise AlignmentFailed("no monotonic alignment")
+
+        # word onset in speech frames -> first kept frame at/after it -> first song frame that reaches it
+        word_frame = np.minimum(np.searchsorted(kept, np.ceil(speech.word_onsets * FEATURE_RATE / HOP)), kept.size - 1)
+        reached = np.maximum.accumulate(path)
+        song_frame = np.minimum(np.searchsorted(reached, word_frame, side="left"), path.size - 1)
+        word_onsets = song_frame * pool * HOP / FEATURE_RATE
+        chars = char_onsets_from_words(item.lyrics, word_onsets, item.duration_s)
+        return finish_alignment(item.lyrics, chars, item.duration_s, self._confidence(song, speech_c, path), self.name)
+
+    @staticmethod
+    def _confidence(song: np.ndarray, speech: np.ndarray, path: np.ndarray) -> float:
+        """How much better the matched frames agree than random pairs (0 = no better, 1 = identical)."""
+        j = np.flatnonzero(path >= 0)
+        if j.size < 10:
+            return 0.0
+        matched = 1.0 - np.einsum("dk,dk->k", song[:, j], speech[:, path[j]])
+        rng = np.random.default_rng(0)
+        rj, ri = rng.choice(j, 4000), rng.integers(0, speech.shape[1], 4000)
+        null = 1.0 - np.einsum("dk,dk->k", song[:, rj], speech[:, ri])
+        return float(np.clip(1.0 - matched.mean() / max(null.mean(), 1e-6), 0.0, 1.0))

@@ -109,7 +109,6 @@ def char_onsets_from_words(lyrics: str, word_onsets: np.ndarray, duration_s: flo
 class TTSDTWAligner(Aligner):
     name = "tts_dtw"
     needs_vocals = True
-    needs_language = True
 
     def __init__(self, options: TTSDTWOptions | None = None):
         self.opt = options or TTSDTWOptions()

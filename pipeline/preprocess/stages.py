@@ -147,8 +147,10 @@ class AlignStage(Stage):
                     "alignment_confidence": 0.0, "alignment_coverage": 0.0, "alignment_language": "", "alignment_notes": "",
                     "vocals": b""}
         item = AlignInput(lyrics=row["lyrics"], duration_s=row["duration_s"], sample_rate=audio_io.TARGET_SAMPLE_RATE,
-                          language=row["language"] or None, vocal_activity=va, mix=audio_io.from_bytes(row["audio"]),
-                          vocals=audio_io.from_bytes(row["vocals"]) if row["vocals"] else None)
+                          language=row["language"] or None, vocal_activity=va,
+                          # the aligners read the vocal stem; the mix (~60 MB a song) only stands in without one
+                          vocals=audio_io.from_bytes(row["vocals"]) if row["vocals"] else None,
+                          mix=None if row["vocals"] else audio_io.from_bytes(row["audio"]))
         al = self.aligner.align(item)
         return {"char_onsets": al.char_onsets.astype("<f4").tobytes(), "word_char_starts": al.word_char_starts.astype("<i4").tobytes(),
                 "word_onsets": al.word_onsets.astype("<f4").tobytes(), "alignment_method": al.method,

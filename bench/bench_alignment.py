@@ -47,7 +47,7 @@ def main() -> None:
         configs = [dict(zip(GRID, values)) for values in itertools.product(*GRID.values())]
         grid = {i: [score(song, TTSDTWAligner(TTSDTWOptions(**cfg))) for song in songs] for i, cfg in enumerate(configs)}
         held_out = []
-        for k, song in enumerate(songs):
+        for k in range(len(songs)):
             others = {i: np.mean([r["aae_s"] for j, r in enumerate(rows) if j != k]) for i, rows in grid.items()}
             best = min(others, key=others.get)
             held_out.append({**grid[best][k], "aligner": "tts_dtw (held out)", "chosen": configs[best]})

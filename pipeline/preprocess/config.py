@@ -80,6 +80,8 @@ class PreprocessConfig:
             raise ConfigError("--output is required")
         if not self.input and not self.demo:
             raise ConfigError("--input is required (or --demo true)")
+        if self.align.aligner == "ctc" and not self.align.ctc_model:
+            raise ConfigError("--align.aligner ctc needs --align.ctc_model (a checkpoint folder or a hub id)")
         if self.decode.min_seconds < 0 or self.decode.max_seconds <= self.decode.min_seconds:
             raise ConfigError("decode: need 0 <= min_seconds < max_seconds")
         if self.shards.segment_samples <= 0 or self.shards.segment_samples % 128:

@@ -74,7 +74,7 @@ def test_the_align_stage_runs_the_configured_chain(toy_model):
            "audio": audio_io.to_bytes(stereo), "vocals": audio_io.to_bytes(stereo)}
     results = {}
     for aligner, extra in (("auto", {"ctc_model": str(toy_model)}), ("tts_dtw", {}), ("ctc", {"ctc_model": "/nonexistent"})):
-        cfg = from_dict(PreprocessConfig, {"output": "x", "align": {"aligner": aligner, **extra}})
+        cfg = from_dict(PreprocessConfig, {"input": "x", "output": "x", "align": {"aligner": aligner, **extra}})
         results[aligner] = AlignStage(cfg)(pa.Table.from_pylist([dict(row)])).to_pylist()[0]
     ok = results["auto"]
     assert ok["status"] == "ok" and ok["alignment_method"] == "ctc" and ok["alignment_language"] == "en"

@@ -22,6 +22,8 @@ def test_bool_flag_without_value():
     ({"output": "o", "input": "i", "shards": {"encoding": "mp3"}}, "not one of"),
     ({"output": "o"}, "--input is required"),
     ({"output": "o", "input": "i", "shards": {"segment_samples": 1000}}, "multiple of 128"),
+    ({"output": "o", "input": "i", "align": {"aligner": "ctc"}}, "needs --align.ctc_model"),
+    ({"output": "o", "input": "i", "align": {"aligner": "whisper"}}, "not one of"),
 ])
 def test_bad_configs_fail_clearly(data, message):
     with pytest.raises(ConfigError, match=message):

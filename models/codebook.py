@@ -1,0 +1,88 @@
+"""EMA vector-quantisation codebook with random restarts (Jukebox / VQ-VAE-2 style).
+
+No codebook loss: the codes follow exponential moving averages of the encoder outputs
+assigned to them (decay 0.99). A code whose EMA usage falls below ``restart_threshold``
+(about one use per batch) is replaced by a random encoder output of the current batch,
+so the codebook does not collapse. Under torch.distributed the batch statistics are
+summed over ranks first, so every rank keeps the same codebook.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t
+
+
+class EMACodebook(nn.Module):
+    def __init__(self, size: int, width: int, decay: float = 0.99, restart_threshold: float = 1.0):
+        super().__init__()
+        self.size, self.width, self.decay, self.restart_threshold = size, width, decay, restart_threshold
+        self.register_buffer("codes", torch.zeros(size, width))
+        self.register_buffer("ema_sum", torch.zeros(size, width))
+        self.register_buffer("ema_count", torch.ones(size))
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+
+    def _random_rows(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """n rows of x (tiled with a little noise when x has fewer rows), identical on every rank."""
+        if x.shape[0] < n:
+            reps = (n + x.shape[0] - 1) // x.shape[0]
+            x = x.repeat(reps, 1) + 0.01 / self.width ** 0.5 * torch.randn(x.shape[0] * reps, x.shape[1], device=x.device)
+        rows = x[torch.randperm(x.shape[0], device=x.device)[:n]].contiguous()
+        if dist.is_available() and dist.is_initialized():
+            dist.broadcast(rows, 0)
+        return rows
+
+    def quantise(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch, width, frames) -> codes (batch, frames), flat vectors (batch*frames, width)."""
+        flat = z.transpose(1, 2).reshape(-1, self.width).float()
+        dist_sq = (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.codes.t() + self.codes.pow(2).sum(1)[None, :])
+        return dist_sq.argmin(1).view(z.shape[0], z.shape[2]), flat
+
+    def embed(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.codes[codes].transpose(1, 2)  # (batch, width, frames)
+
+    @torch.no_grad()
+    def _update(self, flat: torch.Tensor, codes: torch.Tensor) -> dict[str, torch.Tensor]:
+        onehot = torch.zeros(flat.shape[0], self.size, device=flat.device)
+        onehot.scatter_(1, codes.view(-1, 1), 1.0)
+        batch_sum = _all_reduce(onehot.t() @ flat)
+        batch_count = _all_reduce(onehot.sum(0))
+        self.ema_sum.mul_(self.decay).add_(batch_sum, alpha=1 - self.decay)
+        self.ema_count.mul_(self.decay).add_(batch_count, alpha=1 - self.decay)
+        live = (self.ema_count >= self.restart_threshold).float()[:, None]
+        replacement = self._random_rows(flat, self.size)
+        self.codes.copy_(live * self.ema_sum / self.ema_count.clamp_min(1e-6)[:, None] + (1 - live) * replacement)
+        # a restarted code starts from its new vector with one use, so it is not restarted again at once
+        self.ema_sum.copy_(live * self.ema_sum + (1 - live) * replacement)
+        self.ema_count.copy_(live[:, 0] * self.ema_count + (1 - live[:, 0]))
+        p = batch_count / batch_count.sum().clamp_min(1)
+        return {"codes_restarted": (1 - live).sum(), "codes_in_batch": (batch_count > 0).sum().float(),
+                "perplexity": torch.exp(-(p * torch.log(p + 1e-10)).sum())}
+
+    def forward(self, z: torch.Tensor):
+        """Quantise (batch, width, frames); in training also update the codebook.
+
+        Returns codes, the straight-through quantised tensor, the commitment loss and stats.
+        """
+        if self.training and not bool(self.initialised):
+            with torch.no_grad():
+                flat0 = z.transpose(1, 2).reshape(-1, self.width).float()
+                rows = self._random_rows(flat0, self.size)
+                self.codes.copy_(rows)
+                self.ema_sum.copy_(rows)
+                self.ema_count.fill_(1.0)
+                self.initialised.fill_(True)
+        codes, flat = self.quantise(z)
+        stats = {}
+        if self.training:
+            stats = self._update(flat, codes)
+        z_q = self.embed(codes).to(z.dtype)
+        commit = (z_q.detach() - z).pow(2).mean()
+        return codes, z + (z_q - z).detach(), commit, stats

@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from models.codebook import EMACodebook
+from models.losses import LossScales, spectral_convergence_db, spectral_distance, vqvae_loss
+from models.vqvae import LEVELS, PAPER, TINY, VQVAE, count_parameters
+
+# the original implementation's counts at the paper's hyperparameters (encoder, decoder)
+ORIGINAL = {"bottom": (441_856, 458_177), "middle": (116_384, 124_641), "top": (168_224, 176_481)}
+
+
+def test_paper_configs_match_the_original_sizes():
+    total = 0
+    for name in LEVELS:
+        with torch.device("meta"):
+            model = VQVAE(PAPER[name])
+        n = count_parameters(model)
+        enc, dec = ORIGINAL[name]
+        assert abs(n["encoder"] - enc) <= 0.02 * enc and abs(n["decoder"] - dec) <= 0.02 * dec, (name, n)
+        assert n["codebook_entries"] == 2048 * 64 and not any(p.requires_grad for p in model.codebook.buffers())
+        total += n["encoder"] + n["decoder"]
+    assert abs(total - 1_485_763) <= 0.02 * 1_485_763, total
+    assert [PAPER[n].hop_length for n in LEVELS] == [8, 32, 128]
+
+
+@pytest.mark.parametrize("name", LEVELS)
+def test_shapes_for_every_level(name):
+    torch.manual_seed(0)
+    model = VQVAE(TINY[name])
+    audio = torch.randn(2, 4096, 1) * 0.1
+    out = model(audio)
+    assert out["recon"].shape == audio.shape and out["codes"].shape == (2, 4096 // model.hop_length)
+    model.eval()
+    codes = model.encode(audio)
+    assert codes.shape == (2, 4096 // model.hop_length) and codes.dtype == torch.long
+    assert model.decode(codes).shape == audio.shape
+
+
+def test_straight_through_gradients_reach_the_encoder():
+    torch.manual_seed(0)
+    model = VQVAE(TINY["bottom"])
+    audio = torch.randn(2, 2048, 1) * 0.1
+    parts = vqvae_loss(model(audio), audio, model.cfg, LossScales())
+    parts["loss"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+    assert all(v.isfinite() for v in parts.values())
+
+
+def test_ema_update_moves_a_code_towards_its_vectors():
+    book = EMACodebook(4, 2, decay=0.9, restart_threshold=0.0)
+    book.codes.copy_(torch.tensor([[0.0, 0.0], [10.0, 10.0], [-10.0, 10.0], [10.0, -10.0]]))
+    book.ema_sum.copy_(book.codes)
+    book.initialised.fill_(True)
+    book.train()
+    z = torch.tensor([[1.0, 1.0]] * 8).t()[None].requires_grad_()  # (1, width 2, 8 frames), all nearest to code 0
+    codes, z_q, commit, stats = book(z)
+    assert (codes == 0).all() and stats["codes_in_batch"] == 1
+    # ema_sum = 0.9 * 0 + 0.1 * 8 * [1, 1]; ema_count = 0.9 * 1 + 0.1 * 8
+    assert torch.allclose(book.codes[0], torch.tensor([0.8, 0.8]) / 1.7, atol=1e-6)
+    assert torch.allclose(book.codes[1], torch.tensor([10.0, 10.0]) * 0.9 / 0.9, atol=1e-5)
+    # straight-through: the value is the (updated) code, the gradient flows to z unchanged
+    assert commit > 0 and torch.allclose(z_q, book.codes[0][None, :, None].expand(1, 2, 8))
+    z_q.sum().backward()
+    assert torch.equal(z.grad, torch.ones_like(z))
+
+
+def test_a_dead_code_is_restarted_from_the_batch():
+    torch.manual_seed(0)
+    book = EMACodebook(4, 2, decay=0.5, restart_threshold=1.0)
+    book.codes.copy_(torch.tensor([[0.0, 0.0], [1000.0, 1000.0], [0.1, 0.0], [0.0, 0.1]]))
+    book.ema_sum.copy_(book.codes)
+    book.initialised.fill_(True)
+    book.train()
+    z = torch.randn(1, 2, 64) * 0.05
+    book(z)  # code 1 gets no use: its EMA count 1 -> 0.5 < 1, so it is replaced by a batch vector
+    assert book.codes[1].abs().max() < 1.0
+    flat = z[0].t()
+    assert torch.cdist(book.codes[1:2], flat).min() < 0.1  # one of the batch vectors (plus tiny noise at most)
+
+
+def test_spectral_loss_is_zero_for_identical_signals_and_grows_with_distortion():
+    torch.manual_seed(0)
+    settings = PAPER["bottom"].stft_settings
+    x = torch.sin(torch.linspace(0, 2000, 16384))[None] * 0.5
+    assert spectral_distance(x, x, settings) == 0
+    losses = [float(spectral_distance(x, x + a * torch.randn_like(x), settings)) for a in (0.01, 0.05, 0.2)]
+    assert losses == sorted(losses) and losses[0] > 0
+    sc = [float(spectral_convergence_db(x, x + a * torch.randn_like(x))[0]) for a in (0.001, 0.01, 0.1)]
+    assert sc == sorted(sc) and sc[0] < -30
+    assert float(spectral_convergence_db(x, x)[0]) == pytest.approx(-200.0)

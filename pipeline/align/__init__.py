@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.separate.activity import VocalActivity
 
-_WORD = re.compile(r"\S+")
+WORD_RE = re.compile(r"\S+")
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Alignment:
 
 
 def word_starts(lyrics: str) -> np.ndarray:
-    return np.array([m.start() for m in _WORD.finditer(lyrics)], dtype=np.int32)
+    return np.array([m.start() for m in WORD_RE.finditer(lyrics)], dtype=np.int32)
 
 
 def finish_alignment(lyrics: str, char_onsets: np.ndarray, duration_s: float, confidence: float, method: str) -> Alignment:

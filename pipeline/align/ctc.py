@@ -14,16 +14,13 @@ the frame it starts on.
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.align import Aligner, AlignerUnavailable, AlignInput, Alignment, finish_alignment, word_starts
+from pipeline.align import WORD_RE, Aligner, AlignerUnavailable, AlignInput, Alignment, finish_alignment, word_starts
 from pipeline.align.dtw import char_onsets_from_words
-
-_WORD = re.compile(r"\S+")
 
 
 def _strip_accents(ch: str) -> str:
@@ -146,7 +143,7 @@ class CTCAligner(Aligner):
         if stem is None:
             raise AlignerUnavailable("the CTC aligner needs the vocal stem or the mix")
         targets, first_token, word_of_token = [], [], []
-        for w, m in enumerate(_WORD.finditer(lyrics)):
+        for w, m in enumerate(WORD_RE.finditer(lyrics)):
             ids = [t for t in (self._token(c) for c in m.group()) if t is not None]
             if targets and ids and self.delimiter is not None:
                 targets.append(self.delimiter)

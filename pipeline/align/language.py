@@ -13,15 +13,14 @@ import functools
 import re
 from dataclasses import dataclass
 
-from pipeline.align.tts import LANGUAGE_VOICES
-
-_ISO = sorted({k for k in LANGUAGE_VOICES if len(k) == 2})
-_NAMES = {name: iso for name, iso in (("english", "en"), ("french", "fr"), ("spanish", "es"), ("german", "de"),
-                                      ("italian", "it"), ("portuguese", "pt"), ("dutch", "nl"), ("polish", "pl"),
-                                      ("swedish", "sv"), ("danish", "da"), ("finnish", "fi"), ("norwegian", "nb"),
-                                      ("czech", "cs"), ("russian", "ru"), ("turkish", "tr"), ("romanian", "ro"),
-                                      ("hungarian", "hu"), ("greek", "el"), ("catalan", "ca"), ("indonesian", "id"),
-                                      ("japanese", "ja"), ("korean", "ko"), ("chinese", "zh"), ("mandarin", "zh"))}
+# ISO 639-1 code -> espeak-ng voice name (espeak-ng 1.51 refuses some long names, "fr-fr" among them)
+ESPEAK_VOICES = {"en": "en-us", "fr": "fr", "es": "es", "de": "de", "it": "it", "pt": "pt", "nl": "nl", "pl": "pl",
+                 "sv": "sv", "da": "da", "fi": "fi", "nb": "nb", "no": "nb", "cs": "cs", "ru": "ru", "tr": "tr", "ro": "ro",
+                 "hu": "hu", "el": "el", "ca": "ca", "id": "id", "ja": "ja", "ko": "ko", "zh": "cmn"}
+_NAMES = {"english": "en", "french": "fr", "spanish": "es", "german": "de", "italian": "it", "portuguese": "pt",
+          "dutch": "nl", "polish": "pl", "swedish": "sv", "danish": "da", "finnish": "fi", "norwegian": "nb", "czech": "cs",
+          "russian": "ru", "turkish": "tr", "romanian": "ro", "hungarian": "hu", "greek": "el", "catalan": "ca",
+          "indonesian": "id", "japanese": "ja", "korean": "ko", "chinese": "zh", "mandarin": "zh"}
 
 
 @dataclass
@@ -38,7 +37,7 @@ def _identifier():
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
     ident = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-    ident.set_languages([c for c in _ISO if c in ident.labels] if hasattr(ident, "labels") else _ISO)
+    ident.set_languages([c for c in ESPEAK_VOICES if c in ident.labels])
     return ident
 
 

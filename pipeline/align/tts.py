@@ -25,18 +25,6 @@ from pipeline.align import AlignerUnavailable
 
 _WORKER = Path(__file__).with_name("_espeak_worker.py")
 
-# ISO 639-1 codes and English names (as in JamendoLyrics.csv) -> espeak-ng voice names
-LANGUAGE_VOICES = {
-    "english": "en-us", "en": "en-us", "french": "fr", "fr": "fr", "spanish": "es", "es": "es",
-    "german": "de", "de": "de", "italian": "it", "it": "it", "portuguese": "pt", "pt": "pt",
-    "dutch": "nl", "nl": "nl", "polish": "pl", "pl": "pl", "swedish": "sv", "sv": "sv", "danish": "da", "da": "da",
-    "finnish": "fi", "fi": "fi", "norwegian": "nb", "no": "nb", "nb": "nb", "czech": "cs", "cs": "cs",
-    "russian": "ru", "ru": "ru", "turkish": "tr", "tr": "tr", "romanian": "ro", "ro": "ro", "hungarian": "hu", "hu": "hu",
-    "greek": "el", "el": "el", "catalan": "ca", "ca": "ca", "indonesian": "id", "id": "id", "japanese": "ja", "ja": "ja",
-    "korean": "ko", "ko": "ko", "chinese": "cmn", "zh": "cmn", "mandarin": "cmn",
-}
-
-
 class TTSUnavailable(AlignerUnavailable):
     """espeak-ng is not installed, or has no voice for the language."""
 
@@ -56,10 +44,10 @@ class Espeak:
 
     @staticmethod
     def voice_for(language: str | None) -> str | None:
-        if not language:
-            return None
-        key = language.strip().lower()
-        return LANGUAGE_VOICES.get(key, LANGUAGE_VOICES.get(key.split("-")[0].split("_")[0]))
+        """'French', 'fr', 'fr-FR' -> espeak-ng's voice name, or None when it has none."""
+        from pipeline.align.language import ESPEAK_VOICES, normalise_language
+
+        return ESPEAK_VOICES.get(normalise_language(language) or "")
 
     def _speak(self, lines: list[str], voice: str, words_per_minute: int, pitch: int) -> list[tuple[np.ndarray, list]]:
         """Per line: int16 samples and WORD events as (byte offset in the UTF-8 line, sample index)."""
@@ -93,7 +81,7 @@ class Espeak:
         pause = np.zeros(int(line_pause_s * self.sample_rate), np.int16)
         for text, (audio, events) in zip(texts, spoken):
             words = text.split()
-            # byte offset of each word in the UTF-8 text -> the first WORD event at or after it
+            # byte offset of each word in the UTF-8 text -> the WORD event nearest to it
             starts, pos = [], 0
             for w in words:
                 starts.append(len(text[:pos].encode("utf-8")))

@@ -53,9 +53,9 @@ class WindowSampler:
                        preprocess_mlflow_run_id=s.get("mlflow_run_id", ""))
         return out
 
-    def epoch(self, epoch: int, n: int) -> list[WindowSpec]:
-        """The ``n`` windows of an epoch: the same for the same (seed, epoch), whoever asks."""
-        rng = np.random.default_rng([self.seed, epoch])
+    def epoch(self, epoch: int, n: int, stream: int = 0) -> list[WindowSpec]:
+        """The ``n`` windows of (epoch, stream): the same for the same seed, whoever asks."""
+        rng = np.random.default_rng([self.seed, epoch, stream])
         idx = rng.choice(len(self.song_ids), size=n, p=self.song_p)
         offsets = (rng.random(n) * np.maximum(self.song_samples[idx] - self.sample_length, 1)).astype(np.int64)
         weights = rng.random(n)

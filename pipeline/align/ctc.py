@@ -142,15 +142,13 @@ class CTCAligner(Aligner):
         stem = item.vocals if item.vocals is not None else item.mix
         if stem is None:
             raise AlignerUnavailable("the CTC aligner needs the vocal stem or the mix")
-        targets, first_token, word_of_token = [], [], []
-        for w, m in enumerate(WORD_RE.finditer(lyrics)):
+        targets, first_token = [], []
+        for m in WORD_RE.finditer(lyrics):
             ids = [t for t in (self._token(c) for c in m.group()) if t is not None]
             if targets and ids and self.delimiter is not None:
                 targets.append(self.delimiter)
-                word_of_token.append(-1)
             first_token.append(len(targets) if ids else -1)
             targets += ids
-            word_of_token += [w] * len(ids)
         if not targets:
             raise AlignerUnavailable("no character of the lyrics is in the CTC model's vocabulary")
         lp = self.emissions(stem.mean(axis=1) if stem.ndim == 2 else stem, item.sample_rate)

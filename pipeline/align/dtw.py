@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.align import Aligner, AlignerUnavailable, AlignInput, Alignment, finish_alignment, word_starts
-from pipeline.align.tts import Espeak, Speech, TTSUnavailable
+from pipeline.align.tts import Espeak, Speech
 
 FEATURE_RATE = 16_000
 HOP = 320  # 20 ms frames
@@ -122,9 +122,7 @@ class TTSDTWAligner(Aligner):
 
     def _speech(self, item: AlignInput, vocal_active_s: float) -> Speech:
         opt = self.opt
-        if Espeak.voice_for(item.language) is None:
-            raise TTSUnavailable(f"no espeak-ng voice for language {item.language!r}")
-        probe_wpm = 175
+        probe_wpm = 175  # synthesize() raises TTSUnavailable when espeak-ng has no voice for the language
         speech = self.tts.synthesize(item.lyrics, item.language, opt.line_pause_s, probe_wpm)
         spoken_s = len(speech.samples) / speech.sample_rate - opt.line_pause_s * len(speech.line_onsets)
         wpm = int(np.clip(probe_wpm * spoken_s / max(opt.fill * vocal_active_s, 1e-3), *opt.words_per_minute))

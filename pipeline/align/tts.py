@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.align import AlignerUnavailable
+from pipeline.align.language import ESPEAK_VOICES, normalise_language
 
 _WORKER = Path(__file__).with_name("_espeak_worker.py")
 
@@ -45,8 +46,6 @@ class Espeak:
     @staticmethod
     def voice_for(language: str | None) -> str | None:
         """'French', 'fr', 'fr-FR' -> espeak-ng's voice name, or None when it has none."""
-        from pipeline.align.language import ESPEAK_VOICES, normalise_language
-
         return ESPEAK_VOICES.get(normalise_language(language) or "")
 
     def _speak(self, lines: list[str], voice: str, words_per_minute: int, pitch: int) -> list[tuple[np.ndarray, list]]:

@@ -52,7 +52,9 @@ def test_training_registers_a_model_with_its_card(trained):
     mv = client.get_model_version_by_alias("jukebox-separator", "current")
     assert str(mv.version) == "1" and mv.tags["sample_rate"] == "44100" and mv.tags["stems"] == "vocals,accompaniment"
     history = client.get_metric_history(s["mlflow_run_id"], "train_loss")
-    assert len(history) >= 10 and history[-1].value < history[0].value  # it learned
+    # Spleeter logs one batch's loss every 10 steps: too noisy over 300 steps to compare ends (0.79 -> 0.82 failed CI
+    # once while the model separated well). That it learned is the held-out SI-SDR test below; here: nothing lost.
+    assert sorted(m.step for m in history) == list(range(0, 300, 10)) and all(0 < m.value < 10 for m in history)
     assert (trained["model"] / "model.ckpt-300.index").exists() and (trained["model"] / "params.json").exists()
 
 

@@ -42,7 +42,8 @@ class EMACodebook(nn.Module):
     def quantise(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(batch, width, frames) -> codes (batch, frames), flat vectors (batch*frames, width)."""
         flat = z.transpose(1, 2).reshape(-1, self.width).float()
-        dist_sq = (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.codes.t() + self.codes.pow(2).sum(1)[None, :])
+        codes = self.codes.float()  # distances in fp32 even when the engine runs the module in bf16/fp16
+        dist_sq = (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ codes.t() + codes.pow(2).sum(1)[None, :])
         return dist_sq.argmin(1).view(z.shape[0], z.shape[2]), flat
 
     def embed(self, codes: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,18 @@ def demo_corpus(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def demo_shards(tmp_path_factory, demo_corpus):
+    """The demo corpus preprocessed once (linear alignment: fast) for every training test."""
+    import subprocess
+
+    out = tmp_path_factory.mktemp("demo-shards")
+    subprocess.run([sys.executable, str(ROOT / "jobs" / "preprocess.py"), "--input", str(demo_corpus), "--output", str(out),
+                    "--progress", "false", "--align.aligner", "linear", "--mlflow_tracking_uri", f"sqlite:///{out / 'm.db'}"],
+                   check=True, cwd=ROOT, capture_output=True, timeout=600)
+    return out
+
+
+@pytest.fixture(scope="session")
 def realdata():
     if not (REALDATA / "JamendoLyrics.csv").exists():
         pytest.skip(f"shared real songs not found at {REALDATA} (they are not part of a clone)")

@@ -30,7 +30,13 @@ class WindowSpec:
 
 
 class WindowSampler:
-    def __init__(self, shards: str | Path, sample_length: int, seed: int = 0, min_song_samples: int = 0):
+    def __init__(self, shards: str | Path, sample_length: int, seed: int = 0, min_song_samples: int = 0,
+                 span: tuple[float, float] = (0.0, 1.0)):
+        """``span``: the part of every song windows come from, as fractions of its length; a
+        held-out evaluation set is e.g. (0.8, 1.0) beside training on (0.0, 0.8)."""
+        if not 0.0 <= span[0] < span[1] <= 1.0:
+            raise ValueError(f"span must satisfy 0 <= start < end <= 1, got {span}")
+        self.span = span
         self.shards = Path(shards)
         self.reader = ShardReader(self.shards)
         self.sample_length, self.seed = sample_length, seed
@@ -38,9 +44,10 @@ class WindowSampler:
         if not songs:
             raise ValueError(f"no songs of at least {min_song_samples} samples in {self.shards}")
         self.song_ids = [s for s, _ in songs]
-        lengths = np.array([n for _, n in songs], dtype=np.float64)
+        lengths = np.array([n for _, n in songs], dtype=np.float64) * (span[1] - span[0])
         self.song_p = lengths / lengths.sum()
         self.song_samples = lengths.astype(np.int64)
+        self.song_first = (np.array([n for _, n in songs], dtype=np.float64) * span[0]).astype(np.int64)
         self.total_samples = int(lengths.sum())
 
     def lineage(self) -> dict:
@@ -57,7 +64,7 @@ class WindowSampler:
         """The ``n`` windows of (epoch, stream): the same for the same seed, whoever asks."""
         rng = np.random.default_rng([self.seed, epoch, stream])
         idx = rng.choice(len(self.song_ids), size=n, p=self.song_p)
-        offsets = (rng.random(n) * np.maximum(self.song_samples[idx] - self.sample_length, 1)).astype(np.int64)
+        offsets = self.song_first[idx] + (rng.random(n) * np.maximum(self.song_samples[idx] - self.sample_length, 1)).astype(np.int64)
         weights = rng.random(n)
         return [WindowSpec(self.song_ids[i], int(o), float(w)) for i, o, w in zip(idx, offsets, weights)]
 

@@ -196,8 +196,9 @@ def test_real_songs_go_through_and_the_default_aligner_meets_its_targets(realdat
     assert np.mean(within) >= 0.35, within
 
 
-def test_same_file_runs_under_ray_job_submit(tmp_path):
-    """The contract for clusters: `ray job submit --working-dir . -- python jobs/preprocess.py ...`."""
+def test_same_files_run_under_ray_job_submit(tmp_path):
+    """The contract for clusters: `ray job submit --working-dir . -- python jobs/<job>.py ...`, here
+    preprocessing and then a VQ-VAE (2 workers, ZeRO-3) trained on its shards and registered."""
     from pipeline.demo_corpus import make_demo_corpus
 
     ray_bin = Path(sys.executable).parent / "ray"
@@ -207,7 +208,7 @@ def test_same_file_runs_under_ray_job_submit(tmp_path):
     venv_path = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     head = subprocess.Popen(["bash", str(ROOT / "infra" / "ray-head.sh")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True,
-                            env={**venv_path, "RAY_PORT": str(port), "RAY_DASHBOARD_PORT": str(dash), "RAY_NUM_CPUS": "2"})
+                            env={**venv_path, "RAY_PORT": str(port), "RAY_DASHBOARD_PORT": str(dash), "RAY_NUM_CPUS": "4"})
     env = {**venv_path, "RAY_AUTH_MODE": "token", "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dash}",
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
     try:
@@ -222,16 +223,27 @@ def test_same_file_runs_under_ray_job_submit(tmp_path):
                 time.sleep(1)
         # the dashboard answers before the head's job agent has registered: a submit in that window
         # fails with "No available agent to submit job" (seen on a loaded machine); retry only that
-        for _ in range(30):
-            proc = subprocess.run([str(ray_bin), "job", "submit", "--working-dir", str(ROOT), "--", "python", "jobs/preprocess.py",
-                                   "--progress", "false", "--input", str(manifest), "--output", str(tmp_path / "out")],
-                                  capture_output=True, text=True, timeout=400, env=env, cwd=ROOT)
-            if "No available agent" not in proc.stdout + proc.stderr:
-                break
-            time.sleep(3)
-        assert proc.returncode == 0 and "succeeded" in proc.stdout + proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
+        def submit(*entrypoint: str) -> subprocess.CompletedProcess:
+            for _ in range(30):
+                proc = subprocess.run([str(ray_bin), "job", "submit", "--working-dir", str(ROOT), "--", "python", *entrypoint],
+                                      capture_output=True, text=True, timeout=400, env=env, cwd=ROOT)
+                if "No available agent" not in proc.stdout + proc.stderr:
+                    break
+                time.sleep(3)
+            assert proc.returncode == 0 and "succeeded" in proc.stdout + proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
+            return proc
+
+        submit("jobs/preprocess.py", "--progress", "false", "--input", str(manifest), "--output", str(tmp_path / "out"))
         summary = json.loads((tmp_path / "out" / "summary.json").read_text())
         assert summary["ok"] == 2 and summary["inputs"] == 2
+        db = f"sqlite:///{tmp_path / 'train.db'}"  # the job runs in the cluster's environment, not this client's
+        submit("jobs/train_vqvae.py", "--level", "bottom", "--preset", "tiny", "--shards", str(tmp_path / "out"),
+               "--runtime.workers", "2", "--runtime.zero_stage", "3", "--runtime.total_steps", "4", "--runtime.checkpoint_every", "2",
+               "--runtime.storage", str(tmp_path / "runs"), "--mlflow_tracking_uri", db)
+        import mlflow
+
+        mv = mlflow.MlflowClient(tracking_uri=db).get_model_version_by_alias("jukebox-vqvae-bottom", "current")
+        assert mv.tags["hop_length"] == "8" and mv.tags["steps"] == "4"
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # never `ray stop`: it would kill every Ray on the machine
         head.wait(timeout=60)

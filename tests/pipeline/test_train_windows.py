@@ -6,17 +6,8 @@ from pipeline.train.windows import WindowSampler
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory, demo_corpus):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    out = tmp_path_factory.mktemp("train-shards")
-    root = Path(__file__).resolve().parents[2]
-    subprocess.run([sys.executable, str(root / "jobs" / "preprocess.py"), "--input", str(demo_corpus), "--output", str(out),
-                    "--progress", "false", "--align.aligner", "linear", "--mlflow_tracking_uri", f"sqlite:///{out / 'm.db'}"],
-                   check=True, cwd=root, capture_output=True, timeout=600)
-    return out
+def shards(demo_shards):
+    return demo_shards
 
 
 def test_windows_are_a_function_of_seed_and_epoch(shards):
@@ -41,3 +32,14 @@ def test_a_window_is_a_random_downmix_of_the_stored_stereo(shards):
     assert sampler.load_batch(sampler.epoch(0, 3)).shape == (3, 4096, 1)
     with pytest.raises(ValueError, match="no songs"):
         WindowSampler(shards, 4096, min_song_samples=10**12)
+
+
+def test_a_span_keeps_windows_inside_that_part_of_every_song(shards):
+    train, held = WindowSampler(shards, 8192, span=(0.0, 0.75)), WindowSampler(shards, 8192, span=(0.75, 1.0))
+    full = ShardReader(shards).songs
+    for spec in train.epoch(0, 200):
+        assert spec.offset + 8192 <= 0.75 * full[spec.song_id]["num_samples"] + 1
+    for spec in held.epoch(0, 200):
+        assert spec.offset >= int(0.75 * full[spec.song_id]["num_samples"]) and spec.offset + 8192 <= full[spec.song_id]["num_samples"]
+    with pytest.raises(ValueError, match="span"):
+        WindowSampler(shards, 8192, span=(0.5, 0.5))

@@ -1,0 +1,25 @@
+"""Train one VQ-VAE level on preprocessed shards, track it in MLflow, register it.
+
+    python jobs/train_vqvae.py --level bottom --shards data/shards
+    python jobs/train_vqvae.py --level top --shards data/shards --runtime.workers 2 --runtime.zero_stage 3
+    python jobs/train_vqvae.py --config infra/train/vqvae-tiny.yaml --level middle --shards data/shards
+    ray job submit --working-dir . -- python jobs/train_vqvae.py --level bottom --shards /shared/shards
+
+Runs an embedded local Ray unless --ray_address or $RAY_ADDRESS names a cluster; logs to
+MLflow at $MLFLOW_TRACKING_URI or a sqlite store under ./runs/, and registers the model as
+jukebox-vqvae-<level> with the alias 'current' (see --register, --alias). Re-running with
+the same --runtime.run_name resumes that run from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain checkout too
+
+from pipeline.cli import run_job  # noqa: E402
+from pipeline.train.vqvae_job import TrainVQVAEConfig, main_summary  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(run_job(TrainVQVAEConfig, main_summary, __doc__))

@@ -86,8 +86,13 @@ def train_and_register(task: TrainingTask, cfg: RuntimeConfig, tracking: Trackin
             client.get_registered_model(tracking.register)
         except mlflow.exceptions.MlflowException:
             client.create_registered_model(tracking.register)
-        source = f"{client.get_run(run_id).info.artifact_uri}/model"
-        mv = client.create_model_version(tracking.register, source=source, run_id=run_id, tags=_card_tags(card))
+        # a rerun of a run that was already registered (same MLflow run) gets its version back, not a second one
+        same = [v for v in client.search_model_versions(f"run_id = '{run_id}'") if v.name == tracking.register]
+        if same:
+            mv = same[0]
+        else:
+            source = f"{client.get_run(run_id).info.artifact_uri}/model"
+            mv = client.create_model_version(tracking.register, source=source, run_id=run_id, tags=_card_tags(card))
         if tracking.alias:
             client.set_registered_model_alias(tracking.register, tracking.alias, mv.version)
         summary.update(registered=f"models:/{tracking.register}/{mv.version}",

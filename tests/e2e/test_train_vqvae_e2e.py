@@ -62,6 +62,9 @@ def test_worker_failure_and_new_job_both_resume_to_the_uninterrupted_weights(sha
 
     history = mlflow.MlflowClient(tracking_uri=mlflow_db).get_metric_history(resumed["mlflow_run_id"], "loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
+    # a rerun of a finished run trains nothing and registers nothing new
+    again = train_vqvae(_config(shards, mlflow_db, tmp_path, run_name="straight"))
+    assert again["registered"] == straight["registered"] and again["final_metrics"] == {}
     # and it learned: the fixed eval windows reconstruct better than through an untrained model
     from pipeline.train.vqvae_task import VQVAETask, estimate_loss_scales
     from pipeline.train.windows import WindowSampler

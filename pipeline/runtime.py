@@ -62,6 +62,26 @@ def mlflow_experiment(name: str, uri: str | None = None) -> str:
     return mlflow.create_experiment(name, artifact_location=artifact_location)
 
 
+def register_version(client, name: str, source: str, run_id: str, tags: dict[str, str], alias: str = "",
+                     description: str = "") -> dict[str, str]:
+    """A registry version of ``source`` (an artefact URI of run ``run_id``) with its card as tags, and the alias.
+
+    A rerun that registers the same MLflow run again gets its version back, not a second one.
+    Returns {"registered": models:/name/N, "alias": models:/name@alias or ""}.
+    """
+    import mlflow
+
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(name, description=description)
+    same = [v for v in client.search_model_versions(f"run_id = '{run_id}'") if v.name == name]
+    mv = same[0] if same else client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+    if alias:
+        client.set_registered_model_alias(name, alias, mv.version)
+    return {"registered": f"models:/{name}/{mv.version}", "alias": f"models:/{name}@{alias}" if alias else ""}
+
+
 def machine_cpu_seconds() -> float | None:
     """CPU-seconds every process on this machine has used (Linux /proc/stat), None elsewhere.
 

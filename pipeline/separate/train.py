@@ -193,7 +193,7 @@ def _log_and_register(cfg: TrainSeparatorConfig, model_dir: Path, summary: dict,
     import mlflow
     from mlflow.entities import Metric
 
-    from pipeline.runtime import mlflow_experiment
+    from pipeline.runtime import mlflow_experiment, register_version
 
     exp_id = mlflow_experiment(cfg.experiment, cfg.mlflow_tracking_uri)
     client = mlflow.MlflowClient()
@@ -210,15 +210,8 @@ def _log_and_register(cfg: TrainSeparatorConfig, model_dir: Path, summary: dict,
         mlflow.log_artifact(str(model_dir / "train.log"))
         out = {"mlflow_run_id": run.info.run_id}
         if cfg.register:
-            try:
-                client.get_registered_model(cfg.register)
-            except mlflow.exceptions.MlflowException:
-                client.create_registered_model(cfg.register, description="Spleeter 2-stem vocal separator (vocals, accompaniment)")
             card = {"sample_rate": "44100", "stems": "vocals,accompaniment", "steps": str(summary["steps"]),
                     "frame_length": str(cfg.frame_length), "training_data_sha256": summary["training_data_sha256"]}
-            mv = client.create_model_version(cfg.register, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id, tags=card)
-            if cfg.alias:
-                client.set_registered_model_alias(cfg.register, cfg.alias, mv.version)
-            out.update(registered=f"models:/{cfg.register}/{mv.version}",
-                       alias=f"models:/{cfg.register}@{cfg.alias}" if cfg.alias else "")
+            out.update(register_version(client, cfg.register, f"{run.info.artifact_uri}/model", run.info.run_id, card, cfg.alias,
+                                        description="Spleeter 2-stem vocal separator (vocals, accompaniment)"))
     return out

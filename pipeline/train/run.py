@@ -82,21 +82,10 @@ def train_and_register(task: TrainingTask, cfg: RuntimeConfig, tracking: Trackin
     summary: dict[str, Any] = {"mlflow_run_id": run_id, "ray_train_run": cfg.run_name, "steps": cfg.total_steps,
                                "checkpoint": str(folder), "final_metrics": final_metrics}
     if tracking.register:
-        try:
-            client.get_registered_model(tracking.register)
-        except mlflow.exceptions.MlflowException:
-            client.create_registered_model(tracking.register)
-        # a rerun of a run that was already registered (same MLflow run) gets its version back, not a second one
-        same = [v for v in client.search_model_versions(f"run_id = '{run_id}'") if v.name == tracking.register]
-        if same:
-            mv = same[0]
-        else:
-            source = f"{client.get_run(run_id).info.artifact_uri}/model"
-            mv = client.create_model_version(tracking.register, source=source, run_id=run_id, tags=_card_tags(card))
-        if tracking.alias:
-            client.set_registered_model_alias(tracking.register, tracking.alias, mv.version)
-        summary.update(registered=f"models:/{tracking.register}/{mv.version}",
-                       alias=f"models:/{tracking.register}@{tracking.alias}" if tracking.alias else "")
+        from pipeline.runtime import register_version
+
+        summary.update(register_version(client, tracking.register, f"{client.get_run(run_id).info.artifact_uri}/model", run_id,
+                                        _card_tags(card), tracking.alias))
     client.log_metric(run_id, "wall_seconds", time.time() - started)
     client.set_terminated(run_id, "FINISHED")
     summary["wall_seconds"] = round(time.time() - started, 1)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from models.vqvae import LEVELS, PAPER, TINY, VQVAEConfig
+from models.vqvae import PAPER, TINY, VQVAEConfig
 from pipeline.config import ConfigError, field
 from pipeline.train.runtime import RuntimeConfig, Tracking
 
@@ -101,7 +101,7 @@ def train_vqvae(cfg: TrainVQVAEConfig) -> dict:
     check_shards(cfg)
     model = cfg.model_config()
     shards = str(Path(cfg.shards).expanduser().resolve())
-    sampler = WindowSampler(shards, cfg.window(), cfg.data_seed, min_song_samples=0, span=(0.0, 1.0 - cfg.holdout))
+    sampler = WindowSampler(shards, cfg.window(), cfg.data_seed, span=(0.0, 1.0 - cfg.holdout))
     scales = estimate_loss_scales(sampler, model)
     task = VQVAETask(model, shards, cfg.window(), scales, cfg.data_seed, cfg.holdout, lineage=sampler.lineage())
     rt = cfg.runtime
@@ -119,5 +119,3 @@ def main_summary(cfg: TrainVQVAEConfig) -> dict:
     print(json.dumps(summary, indent=1, default=str))
     return summary
 
-
-__all__ = ["LEVELS", "TrainVQVAEConfig", "train_vqvae"]

@@ -63,8 +63,7 @@ class VQVAETask(TrainingTask):
         """Reconstructions of fixed windows (held out when ``holdout`` > 0): SC, codes in use, audio, spectrograms."""
         specs = self.eval_sampler.epoch(0, self.media_windows, stream=MEDIA_STREAM)
         audio = torch.from_numpy(self.eval_sampler.load_batch(specs))
-        dtype = next(p for p in model.module.parameters()).dtype if hasattr(model, "module") else torch.float32
-        out = model(audio.to(dtype))
+        out = model(audio.to(next(model.parameters()).dtype))  # the engine's dtype (bf16/fp16 on GPU); plain modules too
         recon = out["recon"].float()
         sc = spectral_convergence_db(audio.mean(2), recon.mean(2))
         if folder is not None:

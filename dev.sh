@@ -71,6 +71,6 @@ case "$cmd" in
     setup
     setup_spleeter
     .venv/bin/python -m ruff check pipeline models jobs bench tests
-    exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@" ;;
+    exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 "$@" ;;
   *) sed -n '2,7p' "$0"; exit 2 ;;
 esac

@@ -99,6 +99,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=0, help="optimizer steps (overrides --minutes)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--restart-after-unused", type=int, default=-1,
+                    help="codebook: also restart codes unused this many batches in a row (0 = the paper's rule only; -1 = the preset's)")
     ap.add_argument("--holdout", type=float, default=0.2)
     ap.add_argument("--crops", type=int, default=16, help="held-out evaluation crops")
     ap.add_argument("--work", default="", help="folder for shards and runs (default: a temporary one)")
@@ -117,8 +119,11 @@ def main() -> None:
         args.steps, calibration = steps_for_budget(shards, args.minutes * 60)
         print(f"measured {calibration:.2f} s per step -> {args.steps} steps in {args.minutes} minutes")
     db = f"sqlite:///{work / 'mlflow.db'}"
+    model = {"width": 32, "depth": 4}
+    if args.restart_after_unused >= 0:
+        model["restart_after_unused"] = args.restart_after_unused
     cfg = from_dict(TrainVQVAEConfig, {
-        "level": "bottom", "model": {"width": 32, "depth": 4}, "shards": str(shards), "sample_length": 65536,
+        "level": "bottom", "model": model, "shards": str(shards), "sample_length": 65536,
         "holdout": args.holdout, "mlflow_tracking_uri": db, "experiment": "bench-vqvae-learning",
         "runtime": {"workers": 1, "cpus_per_worker": 1, "threads_per_worker": 2, "batch_size": 2, "zero_stage": 0,
                     "total_steps": args.steps, "lr": args.lr, "warmup_steps": args.warmup, "checkpoint_every": args.steps,
@@ -134,7 +139,8 @@ def main() -> None:
     wait = [m.value for m in client.get_metric_history(summary["mlflow_run_id"], "data_wait_s")]
     state, _ = load_registered(summary["registered"], db)
     result = evaluate(state, cfg.model_config(), shards, args.holdout, args.crops, 65536)
-    result.update(steps=args.steps, lr=args.lr, warmup=args.warmup, holdout=args.holdout,
+    result.update(steps=args.steps, lr=args.lr, restart_after_unused=cfg.model_config().restart_after_unused,
+                  warmup=args.warmup, holdout=args.holdout,
                   training_seconds=round(sum(step_s), 1), job_seconds=round(job_wall, 1),
                   step_seconds_median=round(float(np.median(step_s)), 3), data_wait_seconds=round(sum(wait), 2),
                   target={"spectral_convergence_db": -16.0, "codes_in_use": 1800},

@@ -3,8 +3,10 @@
 No codebook loss: the codes follow exponential moving averages of the encoder outputs
 assigned to them (decay 0.99). A code whose EMA usage falls below ``restart_threshold``
 (about one use per batch) is replaced by a random encoder output of the current batch,
-so the codebook does not collapse. Under torch.distributed the batch statistics are
-summed over ranks first, so every rank keeps the same codebook.
+so the codebook does not collapse. With ``restart_after_unused`` > 0 a code unused for that
+many batches in a row is restarted too, whatever its EMA count (see ``_update``). Under
+torch.distributed the batch statistics are summed over ranks first, so every rank keeps the
+same codebook.
 """
 
 from __future__ import annotations
@@ -21,13 +23,20 @@ def _all_reduce(t: torch.Tensor) -> torch.Tensor:
 
 
 class EMACodebook(nn.Module):
-    def __init__(self, size: int, width: int, decay: float = 0.99, restart_threshold: float = 1.0):
+    def __init__(self, size: int, width: int, decay: float = 0.99, restart_threshold: float = 1.0, restart_after_unused: int = 0):
         super().__init__()
         self.size, self.width, self.decay, self.restart_threshold = size, width, decay, restart_threshold
+        self.restart_after_unused = restart_after_unused
         self.register_buffer("codes", torch.zeros(size, width))
         self.register_buffer("ema_sum", torch.zeros(size, width))
         self.register_buffer("ema_count", torch.ones(size))
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("steps_unused", torch.zeros(size))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # codebooks saved before steps_unused existed load as "every code used just now"
+        state_dict.setdefault(prefix + "steps_unused", torch.zeros(self.size))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _random_rows(self, x: torch.Tensor, n: int) -> torch.Tensor:
         """n rows of x (tiled with a little noise when x has fewer rows), identical on every rank."""
@@ -43,26 +52,34 @@ class EMACodebook(nn.Module):
         """(batch, width, frames) -> codes (batch, frames), flat vectors (batch*frames, width)."""
         flat = z.transpose(1, 2).reshape(-1, self.width).float()
         codes = self.codes.float()  # distances in fp32 even when the engine runs the module in bf16/fp16
-        dist_sq = (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ codes.t() + codes.pow(2).sum(1)[None, :])
-        return dist_sq.argmin(1).view(z.shape[0], z.shape[2]), flat
+        # |x|^2 is the same for every code of a row, so the argmin needs only |c|^2 - 2 x.c (one fused addmm)
+        dist = torch.addmm(codes.pow(2).sum(1)[None, :], flat, codes.t(), alpha=-2)
+        return dist.argmin(1).view(z.shape[0], z.shape[2]), flat
 
     def embed(self, codes: torch.Tensor) -> torch.Tensor:
         return self.codes[codes].transpose(1, 2)  # (batch, width, frames)
 
     @torch.no_grad()
     def _update(self, flat: torch.Tensor, codes: torch.Tensor) -> dict[str, torch.Tensor]:
-        onehot = torch.zeros(flat.shape[0], self.size, device=flat.device)
-        onehot.scatter_(1, codes.view(-1, 1), 1.0)
-        batch_sum = _all_reduce(onehot.t() @ flat)
-        batch_count = _all_reduce(onehot.sum(0))
+        codes = codes.view(-1)  # per-code sums by index, not a dense (tokens x codes) one-hot matmul: 16k x 2048 per batch
+        batch_sum = _all_reduce(flat.new_zeros(self.size, self.width).index_add_(0, codes, flat))
+        batch_count = _all_reduce(torch.bincount(codes, minlength=self.size).to(flat.dtype))
         self.ema_sum.mul_(self.decay).add_(batch_sum, alpha=1 - self.decay)
         self.ema_count.mul_(self.decay).add_(batch_count, alpha=1 - self.decay)
-        live = (self.ema_count >= self.restart_threshold).float()[:, None]
+        self.steps_unused.add_(1).mul_((batch_count == 0).to(self.steps_unused.dtype))
+        live = self.ema_count >= self.restart_threshold
+        if self.restart_after_unused > 0:
+            # A code that was popular early keeps an EMA count far above the threshold for hundreds of
+            # steps after the encoder has moved away from it (count c takes ln(c) / (1 - decay) steps to
+            # decay); counting consecutive unused batches recycles such zombies at once.
+            live &= self.steps_unused < self.restart_after_unused
+        live = live.float()[:, None]
         replacement = self._random_rows(flat, self.size)
         self.codes.copy_(live * self.ema_sum / self.ema_count.clamp_min(1e-6)[:, None] + (1 - live) * replacement)
         # a restarted code starts from its new vector with one use, so it is not restarted again at once
         self.ema_sum.copy_(live * self.ema_sum + (1 - live) * replacement)
         self.ema_count.copy_(live[:, 0] * self.ema_count + (1 - live[:, 0]))
+        self.steps_unused.mul_(live[:, 0])
         p = batch_count / batch_count.sum().clamp_min(1)
         return {"codes_restarted": (1 - live).sum(), "codes_in_batch": (batch_count > 0).sum().float(),
                 "perplexity": torch.exp(-(p * torch.log(p + 1e-10)).sum())}

@@ -28,6 +28,7 @@ class VQVAEConfig:
     codebook_size: int = 2048
     codebook_decay: float = 0.99
     restart_threshold: float = 1.0  # EMA uses per batch below which a code is restarted
+    restart_after_unused: int = 5  # also restart a code unused this many batches in a row (0: the paper's EMA rule only)
     commit_weight: float = 0.02
     linf_weight: float = 0.02
     linf_k: int = 2048  # the L-infinity term averages the k largest squared errors per example
@@ -106,7 +107,8 @@ class VQVAE(nn.Module):
                                        for i, d in enumerate(downs)])
         self.decoder = nn.Sequential(*[_decoder_block(cfg.emb_width, cfg.emb_width, d, cfg) for d in reversed(downs)],
                                      nn.Conv1d(cfg.emb_width, cfg.channels, 3, padding=1))
-        self.codebook = EMACodebook(cfg.codebook_size, cfg.emb_width, cfg.codebook_decay, cfg.restart_threshold)
+        self.codebook = EMACodebook(cfg.codebook_size, cfg.emb_width, cfg.codebook_decay, cfg.restart_threshold,
+                                    cfg.restart_after_unused)
 
     @property
     def hop_length(self) -> int:

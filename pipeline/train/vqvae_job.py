@@ -33,6 +33,8 @@ class ModelOverrides:
     downs_t: tuple[int, ...] | None = field(None, "stride-2 downsamplings per level, e.g. 3,2,2 (the hop must stay the level's)")
     commit_weight: float | None = field(None, "commitment loss weight (paper 0.02)")
     spectral_weight: float | None = field(None, "weight of the multi-resolution STFT loss")
+    restart_threshold: float | None = field(None, "EMA uses per batch below which a code is restarted (paper 1.0)")
+    restart_after_unused: int | None = field(None, "also restart a code unused this many batches in a row (0: off, the paper's rule only)")
     checkpoint_activations: bool | None = field(None, "recompute residual blocks in backward (less memory, ~1/3 more compute)")
 
 

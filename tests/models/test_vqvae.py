@@ -78,6 +78,48 @@ def test_a_dead_code_is_restarted_from_the_batch():
     assert torch.cdist(book.codes[1:2], flat).min() < 0.1  # one of the batch vectors (plus tiny noise at most)
 
 
+def test_quantise_and_update_match_the_brute_force_definitions():
+    torch.manual_seed(0)
+    book = EMACodebook(32, 4, decay=0.9, restart_threshold=0.0)
+    book.codes.copy_(torch.randn(32, 4))
+    book.ema_sum.copy_(book.codes)
+    book.initialised.fill_(True)
+    book.train()
+    z = torch.randn(2, 4, 50)
+    flat = z.transpose(1, 2).reshape(-1, 4)
+    nearest = torch.cdist(flat, book.codes).argmin(1)
+    onehot = torch.nn.functional.one_hot(nearest, 32).float()
+    expected = (0.9 * book.ema_sum + 0.1 * onehot.t() @ flat) / (0.9 * book.ema_count + 0.1 * onehot.sum(0))[:, None]
+    codes, *_ = book(z)
+    assert torch.equal(codes.flatten(), nearest)
+    assert torch.allclose(book.codes, expected, atol=1e-6)
+
+
+def test_a_once_popular_code_is_restarted_after_unused_batches_only_with_patience_set():
+    torch.manual_seed(0)
+    kept = {}
+    for patience in (0, 3):
+        book = EMACodebook(4, 2, decay=0.99, restart_threshold=1.0, restart_after_unused=patience)
+        book.codes.copy_(torch.tensor([[0.0, 0.0], [1000.0, 1000.0], [0.1, 0.0], [0.0, 0.1]]))
+        book.ema_sum.copy_(book.codes * 50)
+        book.ema_count.fill_(50.0)  # code 1 was popular: its EMA count needs ~390 unused steps to reach 1
+        book.initialised.fill_(True)
+        book.train()
+        for step in range(3):
+            book(torch.randn(1, 2, 64) * 0.05)
+            if step < 2:
+                assert book.codes[1].abs().max() > 500  # unused for 1, then 2 batches: not yet
+        kept[patience] = bool(book.codes[1].abs().max() > 500)
+        assert book.steps_unused[1] == (3 if patience == 0 else 0)
+    assert kept == {0: True, 3: False}  # the paper's rule keeps the zombie; patience 3 restarts it on the third batch
+
+
+def test_a_codebook_saved_before_the_unused_counter_still_loads():
+    book = EMACodebook(4, 2)
+    state = {k: v for k, v in book.state_dict().items() if k != "steps_unused"}
+    EMACodebook(4, 2).load_state_dict(state)  # strict
+
+
 def test_spectral_loss_is_zero_for_identical_signals_and_grows_with_distortion():
     torch.manual_seed(0)
     settings = PAPER["bottom"].stft_settings

@@ -17,15 +17,19 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, progress: 
     """Never a bare ray.init(): it attaches to whatever cluster runs on the machine.
 
     ``address`` (or $RAY_ADDRESS, set by ``ray job submit``) joins a cluster; otherwise a
-    fresh local Ray is started inside this process.
+    fresh local Ray is started inside this process, on 127.0.0.1 only. Token auth is on
+    either way (``pipeline.ray_auth``).
     """
     import ray
 
+    from pipeline.ray_auth import secure_ray_environment
+
     target = address or os.environ.get("RAY_ADDRESS") or "local"
     if not ray.is_initialized():
+        secure_ray_environment(target)
         kwargs = {"address": target, "logging_level": logging.WARNING, "log_to_driver": True}
         if target == "local":
-            kwargs.update(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False)
+            kwargs.update(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1")
         ray.init(**kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress

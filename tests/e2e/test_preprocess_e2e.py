@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from corpus import make_broken_corpus, write_jamendo_manifest
+from processes import all_loopback, listening_addresses
 
 from pipeline import shards
 from pipeline.audio import decode
@@ -198,52 +200,80 @@ def test_real_songs_go_through_and_the_default_aligner_meets_its_targets(realdat
 
 def test_same_files_run_under_ray_job_submit(tmp_path):
     """The contract for clusters: `ray job submit --working-dir . -- python jobs/<job>.py ...`, here
-    preprocessing and then a VQ-VAE (2 workers, ZeRO-3) trained on its shards and registered."""
+    preprocessing and then a VQ-VAE (2 workers, ZeRO-3) trained on its shards and registered,
+    on a head started by infra/ray-head.sh: token auth on, token file 0600 and never logged,
+    every port on 127.0.0.1, 401 without the token and success with it."""
+    import urllib.error
+
     from pipeline.demo_corpus import make_demo_corpus
 
     ray_bin = Path(sys.executable).parent / "ray"
     manifest = make_demo_corpus(tmp_path / "corpus", songs=2, seconds=6.0, seed=9)
     port, dash = 6391, 8271
+    token_file = tmp_path / "secrets" / "ray_token"  # made by ray-head.sh; never the user's ~/.ray
     # the cluster runs the project's environment: `python` in the entrypoint must be its python
     venv_path = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    head = subprocess.Popen(["bash", str(ROOT / "infra" / "ray-head.sh")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True,
-                            env={**venv_path, "RAY_PORT": str(port), "RAY_DASHBOARD_PORT": str(dash), "RAY_NUM_CPUS": "4"})
-    env = {**venv_path, "RAY_AUTH_MODE": "token", "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dash}",
+    head_log = tmp_path / "head.log"
+    with open(head_log, "w") as log:
+        head = subprocess.Popen(["bash", str(ROOT / "infra" / "ray-head.sh")], stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True,
+                                env={**venv_path, "RAY_PORT": str(port), "RAY_DASHBOARD_PORT": str(dash), "RAY_NUM_CPUS": "4",
+                                     "RAY_AUTH_TOKEN_PATH": str(token_file)})
+    api = f"http://127.0.0.1:{dash}"
+    env = {**venv_path, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file), "RAY_API_SERVER_ADDRESS": api,
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
+        deadline, status = time.time() + 120, None
+        while time.time() < deadline and status is None:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{dash}/api/version", timeout=2)
-                break
-            except OSError as exc:
-                if getattr(exc, "code", None) == 401:  # up, and asking for the token: good
-                    break
+                status = urllib.request.urlopen(f"{api}/api/version", timeout=2).status
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            except OSError:
                 time.sleep(1)
+        assert status == 401, f"the job API must refuse a request without the token, answered {status}"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        token = token_file.read_text().strip()
+        with_token = urllib.request.Request(f"{api}/api/version", headers={"Authorization": f"Bearer {token}"})
+        assert urllib.request.urlopen(with_token, timeout=5).status == 200
+        listening = listening_addresses(head.pid)
+        assert all_loopback(listening), listening
+
         # the dashboard answers before the head's job agent has registered: a submit in that window
         # fails with "No available agent to submit job" (seen on a loaded machine); retry only that
-        def submit(*entrypoint: str) -> subprocess.CompletedProcess:
+        def submit(*entrypoint: str, environment: dict = env) -> subprocess.CompletedProcess:
             for _ in range(30):
                 proc = subprocess.run([str(ray_bin), "job", "submit", "--working-dir", str(ROOT), "--", "python", *entrypoint],
-                                      capture_output=True, text=True, timeout=400, env=env, cwd=ROOT)
+                                      capture_output=True, text=True, timeout=400, env=environment, cwd=ROOT)
                 if "No available agent" not in proc.stdout + proc.stderr:
                     break
                 time.sleep(3)
-            assert proc.returncode == 0 and "succeeded" in proc.stdout + proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
             return proc
 
-        submit("jobs/preprocess.py", "--progress", "false", "--input", str(manifest), "--output", str(tmp_path / "out"))
+        def succeeded(proc: subprocess.CompletedProcess) -> None:
+            assert proc.returncode == 0 and "succeeded" in proc.stdout + proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+        # a client without the token (an empty home: no ~/.ray/auth_token either) is refused
+        (tmp_path / "stranger").mkdir()
+        stranger = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")} | {"HOME": str(tmp_path / "stranger")}
+        refused = submit("jobs/preprocess.py", "--help", environment=stranger)
+        assert refused.returncode != 0 and "usage:" not in refused.stdout, refused.stdout[-2000:]
+
+        succeeded(submit("jobs/preprocess.py", "--progress", "false", "--input", str(manifest), "--output", str(tmp_path / "out")))
         summary = json.loads((tmp_path / "out" / "summary.json").read_text())
         assert summary["ok"] == 2 and summary["inputs"] == 2
         db = f"sqlite:///{tmp_path / 'train.db'}"  # the job runs in the cluster's environment, not this client's
-        submit("jobs/train_vqvae.py", "--level", "bottom", "--preset", "tiny", "--shards", str(tmp_path / "out"),
-               "--runtime.workers", "2", "--runtime.zero_stage", "3", "--runtime.total_steps", "4", "--runtime.checkpoint_every", "2",
-               "--runtime.storage", str(tmp_path / "runs"), "--mlflow_tracking_uri", db)
+        succeeded(submit("jobs/train_vqvae.py", "--level", "bottom", "--preset", "tiny", "--shards", str(tmp_path / "out"),
+                         "--runtime.workers", "2", "--runtime.zero_stage", "3", "--runtime.total_steps", "4",
+                         "--runtime.checkpoint_every", "2", "--runtime.storage", str(tmp_path / "runs"), "--mlflow_tracking_uri", db))
         import mlflow
 
         mv = mlflow.MlflowClient(tracking_uri=db).get_model_version_by_alias("jukebox-vqvae-bottom", "current")
         assert mv.tags["hop_length"] == "8" and mv.tags["steps"] == "4"
+        # the token is in no log: the head's console and every file of its Ray session
+        session = re.search(r"(/\S+/session_[\w.-]+)/logs", head_log.read_text())
+        logs = [head_log, *(Path(session.group(1)).rglob("*") if session else [])]
+        assert session and not [p for p in logs if p.is_file() and token.encode() in p.read_bytes()]
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # never `ray stop`: it would kill every Ray on the machine
         head.wait(timeout=60)

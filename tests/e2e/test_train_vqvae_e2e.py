@@ -30,6 +30,18 @@ def mlflow_db(tmp_path_factory):
     return f"sqlite:///{tmp_path_factory.mktemp('vqvae-mlflow') / 'mlflow.db'}"
 
 
+def test_embedded_ray_has_token_auth_and_listens_on_loopback_only(mlflow_db):
+    import os
+
+    from processes import all_loopback, listening_addresses
+
+    from pipeline.ray_auth import token_path
+
+    assert os.environ["RAY_AUTH_MODE"] == "token" and token_path().stat().st_mode & 0o077 == 0
+    listening = listening_addresses(os.getpid())  # GCS, raylet, workers, agents: children of this process
+    assert all_loopback(listening), listening
+
+
 def _config(shards, db, storage, level="bottom", **runtime):
     run = {"workers": 2, "zero_stage": 2, "total_steps": 6, "checkpoint_every": 2, "log_every": 2, "warmup_steps": 2,
            "lr": 2e-3, "storage": str(storage), **runtime}

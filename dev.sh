@@ -43,6 +43,9 @@ setup() {
     .venv/bin/python -m pip install -q -e ".[dev]"
     rm -f .venv/.installed-* && touch "$stamp"
   fi
+  # DeepSpeed JIT-compiles its CPU Adam (ZeRO-Offload) on first use, ~60 s on 2 cores: once here, not in a job or a test
+  ls "${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions}"/*/cpu_adam/*.so >/dev/null 2>&1 ||
+    .venv/bin/python -c "from deepspeed.ops.op_builder import CPUAdamBuilder; CPUAdamBuilder().load(verbose=False)" >/dev/null
 }
 
 # Spleeter pins TensorFlow 2.12, numpy<2 and pandas<2, which clash with torch/ray/mlflow:

@@ -73,7 +73,7 @@ def warm_up_ray() -> dict:
     """Ray's one-time costs per job (start, first Ray Data execution), measured apart."""
     import ray
 
-    from pipeline.runtime import PhaseTimer, init_ray
+    from pipeline.services import PhaseTimer, init_ray
 
     phase = PhaseTimer()
     with phase("ray_start"):

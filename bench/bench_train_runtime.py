@@ -1,23 +1,31 @@
-"""The training runtime: per-worker memory under ZeRO-0/2/3, and data loading against consumption.
+"""The training runtime for large models: per-rank memory and step time under ZeRO-0/2/3/3+offload,
+and the time from job start to the first step.
 
-    OMP_WAIT_POLICY=PASSIVE python bench/bench_train_runtime.py [--steps 6]
+    OMP_WAIT_POLICY=PASSIVE python bench/bench_train_runtime.py [--params 5e8] [--only memory|startup]
 
-1. ZeRO: the paper's bottom VQ-VAE (width 64, depth 8), 2 workers x 1 thread, batch 2 x 65,536
-   per worker, fp32, through the real job. Rank 0 reports what it holds of the model state
-   (parameters, optimizer tensors, gradients) and its peak RSS.
-2. Data: one rank's Ray Data stream alone (windows/s, no training), against what training
-   consumes (windows per worker per step / step time), and the time training waited.
-Uses the three shared real songs (preprocessed once into --work).
+1. Memory: a stack of pre-LayerNorm transformer blocks (width 2048, causal attention, MLP 4x)
+   of at least --params parameters, 2 Ray Train workers x 1 thread on this machine, batch 1 x 32
+   tokens, fp32, AdamW, 3 steps through the real runtime (checkpoint and streamed safetensors
+   export included). Rank 0 reports what it holds of the model state (parameters, optimizer
+   tensors, gradients) and its peak RSS; from the measured bytes per parameter and the fixed
+   overhead, the largest model each stage could train on this machine's memory.
+2. Start-up: the tiny bottom VQ-VAE through `python jobs/train_vqvae.py` (embedded Ray, 1
+   worker): seconds from the job's start to the end of its first step, and where they go.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -25,83 +33,180 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from bench.bench_vqvae_learning import real_shards  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
 from bench.common import save  # noqa: E402
 from pipeline.preprocess.report import format_table  # noqa: E402
+from pipeline.train.runtime import DataSource, TrainingTask  # noqa: E402
 
 MEMORY_KEYS = ("mem_params_mb", "mem_optimizer_mb", "mem_grads_mb", "mem_rss_peak_mb")
+STAGES = (("ZeRO-0", 0, False), ("ZeRO-2", 2, False), ("ZeRO-3", 3, False), ("ZeRO-3 + offload", 3, True))
+VOCAB, SEQ = 256, 32
 
 
-def zero_run(shards: Path, work: Path, stage: int, steps: int) -> dict:
+class Block(torch.nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = torch.nn.LayerNorm(width), torch.nn.LayerNorm(width)
+        self.qkv, self.proj = torch.nn.Linear(width, 3 * width), torch.nn.Linear(width, width)
+        self.fc1, self.fc2 = torch.nn.Linear(width, 4 * width), torch.nn.Linear(4 * width, width)
+
+    def forward(self, x):
+        b, t, w = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(a.transpose(1, 2).reshape(b, t, w))
+        return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm2(x))))
+
+
+class BlockStack(torch.nn.Module):
+    def __init__(self, width: int, depth: int, heads: int):
+        super().__init__()
+        self.embed = torch.nn.Embedding(VOCAB, width)
+        self.blocks = torch.nn.ModuleList(Block(width, heads) for _ in range(depth))
+        self.norm, self.head = torch.nn.LayerNorm(width), torch.nn.Linear(width, VOCAB)
+
+    def forward(self, tokens):
+        x = self.embed(tokens)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))
+
+
+@dataclass
+class RandomTokens(DataSource):
+    def load_batch(self, step, micro, rank, world, size):
+        return {"tokens": np.random.default_rng([step, micro, rank]).integers(0, VOCAB, (size, SEQ + 1), dtype=np.int64)}
+
+
+@dataclass
+class BlockStackTask(TrainingTask):
+    width: int = 2048
+    depth: int = 10
+    heads: int = 16
+    name = "blockstack"
+
+    def build_model(self):
+        return BlockStack(self.width, self.depth, self.heads)
+
+    def run_step(self, model, batch, log):
+        tokens = batch["tokens"]
+        logits = model(tokens[:, :-1])
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), tokens[:, 1:].reshape(-1)), {}
+
+    def card(self):
+        return {"family": "blockstack", "width": self.width, "depth": self.depth}
+
+
+def block_params(width: int) -> int:
+    return 12 * width * width + 13 * width  # qkv, proj, fc1, fc2 with biases, two LayerNorms
+
+
+def memory_run(work: Path, name: str, stage: int, offload: bool, task: BlockStackTask, steps: int) -> dict:
     import mlflow
+    import ray.cloudpickle
 
     from pipeline.config import from_dict
-    from pipeline.train.vqvae_job import TrainVQVAEConfig, train_vqvae
+    from pipeline.train.config import CheckpointConfig, OptimConfig, RuntimeConfig
+    from pipeline.train.run import train_and_register
+    from pipeline.train.runtime import Tracking, TrainSpec
 
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import bench/
     db = f"sqlite:///{work / 'mlflow.db'}"
-    cfg = from_dict(TrainVQVAEConfig, {
-        "level": "bottom", "shards": str(shards), "sample_length": 65536, "mlflow_tracking_uri": db, "experiment": "bench-runtime",
-        "register": "bench-vqvae-bottom", "num_cpus": 4,
-        "runtime": {"workers": 2, "cpus_per_worker": 1, "threads_per_worker": 1, "batch_size": 2, "zero_stage": stage,
-                    "total_steps": steps, "checkpoint_every": steps, "log_every": 1, "warmup_steps": 1,
-                    "storage": str(work / "runs")}})
-    summary = train_vqvae(cfg)
+    rt = from_dict(RuntimeConfig, {"workers": 2, "cpus_per_worker": 1, "threads_per_worker": 1, "batch_size": 1, "zero_stage": stage,
+                                   "offload": offload, "total_steps": steps, "log_every": 1, "data_cpus": 0.25})
+    spec = TrainSpec(task, RandomTokens(), rt, from_dict(OptimConfig, {"lr": 1e-4, "warmup_steps": 1, "weight_decay": 0.01}),
+                     from_dict(CheckpointConfig, {"every": steps, "storage": str(work / "runs"), "run_name": f"mem-{stage}-{offload}"}),
+                     Tracking(db, "bench-runtime"))
+    started = time.time()
+    summary = train_and_register(spec)
     client = mlflow.MlflowClient(tracking_uri=db)
 
     def series(key: str) -> list[float]:
         return [m.value for m in sorted(client.get_metric_history(summary["mlflow_run_id"], key), key=lambda m: m.step)]
 
-    step_s = series("step_s")[1:]  # the first step waits for the data actors to start
-    out = {"zero_stage": stage, "step_seconds_median": round(statistics.median(step_s), 3),
-           "data_wait_seconds_after_first_step": round(sum(series("data_wait_s")[1:]), 3),
-           "first_step_data_wait_seconds": round(series("data_wait_s")[0], 2), "job_seconds": summary["wall_seconds"]}
-    out.update({k: round(max(series(k)), 2) for k in MEMORY_KEYS})
+    out = {"config": name, "zero_stage": stage, "offload": offload, "step_seconds": [round(v, 2) for v in series("step_s")],
+           "job_seconds": round(time.time() - started, 1), "weights_files": summary["weights_files"],
+           "weights_bytes": summary["weights_bytes"]}
+    out.update({k: round(max(series(k)), 1) for k in MEMORY_KEYS})
+    out["model_state_mb"] = round(out["mem_params_mb"] + out["mem_optimizer_mb"] + out["mem_grads_mb"], 1)
+    shutil.rmtree(work / "runs", ignore_errors=True)  # several GB per configuration
+    shutil.rmtree(work / "mlartifacts", ignore_errors=True)
     return out
 
 
-def loader_throughput(shards: Path, micro_batches: int) -> dict:
-    from models.vqvae import PAPER
-    from pipeline.runtime import init_ray
-    from pipeline.train.runtime import RuntimeConfig, rank_datasets
-    from pipeline.train.vqvae_task import VQVAETask, estimate_loss_scales
-    from pipeline.train.windows import WindowSampler
+def largest_model(run: dict, params: int, ram_gb: float, workers: int = 2) -> int:
+    """Parameters each rank could hold on ``ram_gb`` shared by ``workers`` ranks, from what was measured:
+    model state scales with the parameter count, the rest of the peak RSS is taken as fixed."""
+    per_param = run["model_state_mb"] * 2 ** 20 / params
+    fixed = (run["mem_rss_peak_mb"] - run["model_state_mb"]) * 2 ** 20
+    return int((ram_gb * 2 ** 30 / workers - fixed) / per_param)
 
-    init_ray(None, 4, progress=False)
-    task = VQVAETask(PAPER["bottom"], str(shards), 65536, estimate_loss_scales(WindowSampler(shards, 65536), PAPER["bottom"]))
-    cfg = RuntimeConfig(workers=2, batch_size=2, total_steps=micro_batches)
-    stream = rank_datasets(task, cfg, 0)["rank0"]
-    t0 = time.perf_counter()
-    first = None
-    n = 0
-    for batch in stream.iter_batches(batch_size=2, prefetch_batches=4):
-        n += len(batch["audio"])
-        first = first or time.perf_counter() - t0
-    wall = time.perf_counter() - t0
-    steady = (n - 2) / (wall - first)
-    return {"windows": n, "first_batch_seconds": round(first, 2), "windows_per_second_steady": round(steady, 1),
-            "audio_seconds_per_second": round(steady * 65536 / 44100, 1)}
+
+def startup_runs(work: Path, repeats: int) -> list[dict]:
+    from bench.bench_vqvae_learning import real_shards
+
+    shards = real_shards(work)
+    runs = []
+    for i in range(repeats):
+        db = f"sqlite:///{work / f'startup-{i}.db'}"
+        t0 = time.time()
+        proc = subprocess.run([sys.executable, str(ROOT / "jobs" / "train_vqvae.py"), "--level", "bottom", "--preset", "tiny",
+                               "--shards", str(shards), "--runtime.workers", "1", "--runtime.total_steps", "3", "--runtime.log_every", "1",
+                               "--checkpoint.every", "3", "--checkpoint.storage", str(work / "startup-runs"), "--mlflow_tracking_uri", db],
+                              capture_output=True, text=True, cwd=ROOT)
+        if proc.returncode:
+            raise RuntimeError(proc.stderr[-3000:])
+        import mlflow
+
+        run_id = json.loads(proc.stdout[proc.stdout.index("{"):])["mlflow_run_id"]
+        metrics = mlflow.MlflowClient(tracking_uri=db).get_run(run_id).data.metrics
+        runs.append({**{k: round(v, 1) for k, v in metrics.items() if k.startswith("startup")},
+                     "job_seconds": round(time.time() - t0, 1), "traceback_on_console": "Traceback" in proc.stdout + proc.stderr})
+        print(runs[-1], flush=True)
+    return runs
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--micro-batches", type=int, default=200)
+    ap.add_argument("--params", type=float, default=5e8, help="at least this many parameters")
+    ap.add_argument("--width", type=int, default=2048)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--only", choices=("memory", "startup"), default=None)
+    ap.add_argument("--startup-repeats", type=int, default=3)
+    ap.add_argument("--ram-gb", type=float, default=22.0, help="memory the two ranks may use together (this machine: 24 GB)")
     ap.add_argument("--work", default="")
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-runtime-"))
     work.mkdir(parents=True, exist_ok=True)
-    shards = real_shards(work)
-    loader = loader_throughput(shards, args.micro_batches)
-    runs = [zero_run(shards, work, stage, args.steps) for stage in (0, 2, 3)]
-    print(format_table(["ZeRO", "params MB", "optimizer MB", "grads MB", "peak RSS MB", "step s", "data wait s (steps 2+)"],
-                       [[r["zero_stage"], r["mem_params_mb"], r["mem_optimizer_mb"], r["mem_grads_mb"], r["mem_rss_peak_mb"],
-                         r["step_seconds_median"], r["data_wait_seconds_after_first_step"]] for r in runs]))
-    consumed = 2 / min(r["step_seconds_median"] for r in runs)  # windows per second one worker trains on, at best
-    print(f"data: one rank's stream gives {loader['windows_per_second_steady']} windows/s "
-          f"({loader['audio_seconds_per_second']} s of audio/s); training consumes {consumed:.2f} windows/s per worker "
-          f"-> {loader['windows_per_second_steady'] / consumed:.0f}x headroom")
-    print(save("train_runtime", {"zero": runs, "loader": loader, "consumed_windows_per_second_per_worker": round(consumed, 3),
-                                 "config": "paper bottom VQ-VAE, 2 workers x 1 thread, batch 2 x 65536 per worker, fp32"}))
+    result: dict = {"machine": f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2 ** 30:.0f} GB"}
+    if args.only in (None, "startup"):
+        result["startup"] = startup_runs(work, args.startup_repeats)
+        result["startup_median_first_step_s"] = statistics.median(r["startup_s"] for r in result["startup"])
+    if args.only in (None, "memory"):
+        from pipeline.services import init_ray
+
+        init_ray(None, 4, progress=False)
+        depth = math.ceil(args.params / block_params(args.width))
+        task = BlockStackTask(args.width, depth, 16)
+        params = sum(p.numel() for p in BlockStack(args.width, 1, 16).parameters()) + (depth - 1) * block_params(args.width)
+        runs = []
+        for name, stage, offload in STAGES:
+            runs.append(memory_run(work, name, stage, offload, task, args.steps))
+            print(runs[-1], flush=True)
+        zero0 = next(r for r in runs if r["zero_stage"] == 0)
+        for r in runs:
+            r["model_state_vs_zero0"] = round(r["model_state_mb"] / zero0["model_state_mb"], 3)
+            r["largest_model_params_here"] = largest_model(r, params, args.ram_gb)
+        print(format_table(["config", "params MB", "optimizer MB", "grads MB", "model state MB", "x ZeRO-0", "peak RSS MB",
+                            "step s (last)", "largest model here"],
+                           [[r["config"], r["mem_params_mb"], r["mem_optimizer_mb"], r["mem_grads_mb"], r["model_state_mb"],
+                             r["model_state_vs_zero0"], r["mem_rss_peak_mb"], r["step_seconds"][-1],
+                             f"{r['largest_model_params_here'] / 1e9:.2f} B"] for r in runs]))
+        result.update(memory=runs, params=params, model=f"{depth} blocks of width {args.width}, 16 heads, {SEQ} tokens x 1 per rank")
+    print(save("train_runtime", result))
 
 
 if __name__ == "__main__":

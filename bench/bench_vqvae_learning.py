@@ -109,7 +109,7 @@ def main() -> None:
     if not (REALDATA / "JamendoLyrics.csv").exists():
         sys.exit(f"the shared real songs are not at {REALDATA}")
     from pipeline.config import from_dict
-    from pipeline.train.run import load_registered
+    from pipeline.registry import download, load_state_dict
     from pipeline.train.vqvae_job import TrainVQVAEConfig, train_vqvae
 
     work = Path(args.work or tempfile.mkdtemp(prefix="vqvae-learning-"))
@@ -126,22 +126,26 @@ def main() -> None:
         "level": "bottom", "model": model, "shards": str(shards), "sample_length": 65536,
         "holdout": args.holdout, "mlflow_tracking_uri": db, "experiment": "bench-vqvae-learning",
         "runtime": {"workers": 1, "cpus_per_worker": 1, "threads_per_worker": 2, "batch_size": 2, "zero_stage": 0,
-                    "total_steps": args.steps, "lr": args.lr, "warmup_steps": args.warmup, "checkpoint_every": args.steps,
-                    "log_every": 10, "media_every": max(1, args.steps // 3), "storage": str(work / "runs"),
-                    "run_name": args.run_name}})
+                    "total_steps": args.steps, "log_every": 10, "media_every": max(1, args.steps // 3)},
+        "optim": {"lr": args.lr, "warmup_steps": args.warmup},
+        "checkpoint": {"every": args.steps, "storage": str(work / "runs"), "run_name": args.run_name}})
     started = time.time()
     summary = train_vqvae(cfg)
     job_wall = time.time() - started
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=db)
-    step_s = [m.value for m in client.get_metric_history(summary["mlflow_run_id"], "step_s")]
+    # step_s is the mean over each log interval (10 steps, the last one shorter): weight it by the interval
+    logged = sorted(client.get_metric_history(summary["mlflow_run_id"], "step_s"), key=lambda m: m.step)
+    intervals = [b.step - a for a, b in zip([0] + [m.step for m in logged[:-1]], logged)]
+    step_s = [m.value for m in logged]
+    training_seconds = sum(m.value * n for m, n in zip(logged, intervals))
     wait = [m.value for m in client.get_metric_history(summary["mlflow_run_id"], "data_wait_s")]
-    state, _ = load_registered(summary["registered"], db)
+    state = load_state_dict(download(summary["registered"], work / "registry", db).folder)
     result = evaluate(state, cfg.model_config(), shards, args.holdout, args.crops, 65536)
     result.update(steps=args.steps, lr=args.lr, restart_after_unused=cfg.model_config().restart_after_unused,
                   warmup=args.warmup, holdout=args.holdout,
-                  training_seconds=round(sum(step_s), 1), job_seconds=round(job_wall, 1),
+                  training_seconds=round(training_seconds, 1), job_seconds=round(job_wall, 1),
                   step_seconds_median=round(float(np.median(step_s)), 3), data_wait_seconds=round(sum(wait), 2),
                   target={"spectral_convergence_db": -16.0, "codes_in_use": 1800},
                   original_2020={"spectral_convergence_db": -14.3, "codes_in_use": 1605},

@@ -182,7 +182,9 @@ def parse_args(cls: type[C], argv: list[str] | None = None, description: str = "
             nargs="?" if is_bool else None,
             const="true" if is_bool else None,
             default=argparse.SUPPRESS,
-            metavar=_type_name(tp).upper().replace(" ", "_"),
+            # choices as the parser takes them (lower case); other types in capitals, argparse's convention
+            metavar=_type_name(tp) if typing.get_origin(_unwrap_optional(tp)[0]) is typing.Literal
+            else _type_name(tp).upper().replace(" ", "_"),
             help=f"{f.metadata.get('help', '')} (default: {default!r})",
         )
     ns = vars(parser.parse_args(argv))

@@ -134,7 +134,7 @@ def classify(ingested: list[dict[str, Any]], song_ids: set[str], quarantined: se
 def run_preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
     import ray
 
-    from pipeline.runtime import PhaseTimer, init_ray
+    from pipeline.services import PhaseTimer, init_ray
 
     started = time.time()
     phase = PhaseTimer()
@@ -254,7 +254,7 @@ def _atomic_write(path: Path, text: str) -> None:
 def _log_mlflow(cfg, out, summary, manifest_text, vocab, songs, outcomes) -> str:
     import mlflow
 
-    from pipeline.runtime import mlflow_experiment
+    from pipeline.services import mlflow_experiment
 
     exp_id = mlflow_experiment(cfg.experiment, cfg.mlflow_tracking_uri)
     with mlflow.start_run(experiment_id=exp_id, run_name=f"preprocess-{summary['run_id']}") as run:

@@ -9,14 +9,12 @@ folder is visible to every node) and its version is recorded with every song.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import ConfigError
-from pipeline.runtime import PROJECT_ROOT
+from pipeline.services import PROJECT_ROOT
 
 DEFAULT_SPLEETER_PYTHON = PROJECT_ROOT / ".venv-spleeter" / "bin" / "python"
 
@@ -31,27 +29,11 @@ class SeparatorChoice:
 
 
 def _from_registry(uri: str, out: Path, tracking_uri: str | None) -> tuple[Path, str, dict[str, str]]:
-    import mlflow
+    from pipeline.registry import download
 
-    from pipeline.runtime import tracking_uri as default_uri
-
-    client = mlflow.MlflowClient(tracking_uri=default_uri(tracking_uri))
-    ref = uri.removeprefix("models:/")
-    name, _, alias = ref.partition("@")
-    try:
-        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(*ref.split("/", 1))
-    except Exception as exc:  # noqa: BLE001 - MLflow raises its own exception types per store
-        raise ConfigError(f"separator model {uri} not found in the registry at {client.tracking_uri}: {exc}") from None
-    local = out / "_separators" / f"{mv.name}-v{mv.version}"
-    if not local.exists():
-        with tempfile.TemporaryDirectory(dir=out) as tmp:
-            # the version's own artefact location, through this client (a models:/ URI would be
-            # resolved against MLflow's global registry URI, not the one configured here)
-            source = client.get_model_version_download_uri(mv.name, mv.version)
-            downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=client.tracking_uri))
-            local.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(downloaded), local)
-    return local, f"models:/{mv.name}/{mv.version}", {"name": mv.name, "version": str(mv.version), "run_id": mv.run_id or ""}
+    # <output>/_separators/ is seen by every node that runs the separation
+    reg = download(uri, out / "_separators", tracking_uri)
+    return reg.folder, reg.uri, {"name": reg.name, "version": reg.version, "run_id": reg.run_id}
 
 
 def choose_separator(separate_cfg, out: Path, tracking_uri: str | None = None) -> SeparatorChoice:

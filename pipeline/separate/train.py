@@ -193,7 +193,8 @@ def _log_and_register(cfg: TrainSeparatorConfig, model_dir: Path, summary: dict,
     import mlflow
     from mlflow.entities import Metric
 
-    from pipeline.runtime import mlflow_experiment, register_version
+    from pipeline.registry import register_version
+    from pipeline.services import mlflow_experiment
 
     exp_id = mlflow_experiment(cfg.experiment, cfg.mlflow_tracking_uri)
     client = mlflow.MlflowClient()

@@ -1,20 +1,31 @@
 """The one training runtime: Ray Train workers each running a DeepSpeed engine.
 
-A model family plugs in as a ``TrainingTask`` (audiocraft's solver shape): it builds the
-model, loads the micro-batch of (step, micro-step, rank) and computes the loss of a batch.
-This file owns everything else, once: the data stream (Ray Data, one dataset per rank),
-DeepSpeed (ZeRO 0-3, offload, precision, accumulation, clipping, LR warm-up then linear
-decay to 0, optional EMA of the weights), checkpoints through ``ray.train.report``,
-restarts (``FailureConfig``) and resuming, MLflow logging from rank 0, and at the end the
-consolidation of the ZeRO shards and the registration of the model with its card.
+A model family writes two things (architecture.md, "a training job"):
+
+- a ``DataSource``, which runs in the loader actors: it reads shards or code caches and
+  returns the micro-batch of (step, micro-step, rank). It never holds a model, so nothing
+  heavy travels to the data actors.
+- a ``TrainingTask``, which runs in the workers: ``setup()`` once per worker (load a frozen
+  VQ-VAE from the registry, say), ``build_model()`` (under ``deepspeed.zero.Init`` at ZeRO-3,
+  so no rank ever holds the whole model), and ``run_step()``: the loss and metrics of a
+  batch, as tensors.
+
+This file owns the rest, once: the data streams (Ray Data, one per rank, started at the
+step the run resumes from), DeepSpeed (ZeRO 0-3, offload with DeepSpeed's CPU Adam,
+precision, accumulation), AdamW with parameter groups and the schedule
+(``pipeline/train/config.py``), an EMA of the weights partitioned like ZeRO-3
+(``weights.py``), checkpoints through ``ray.train.report`` and resuming from the one Ray
+restores, metrics that stay on the device until a log step, a stop on a non-finite loss,
+and rank 0's MLflow logging that an outage does not stop (``metrics_sink.py``).
 
 Determinism: the batch of a step and the random state used inside it are functions of
 (seed, step, micro-step, rank) alone, so a run resumed from a checkpoint continues exactly
-where the uninterrupted run would be; the data position is the step count itself.
+where the uninterrupted run would be.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -22,78 +33,47 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from pipeline.config import ConfigError, field
+from pipeline.train.config import CheckpointConfig, OptimConfig, RuntimeConfig
+from pipeline.train.weights import PartitionedEMA
 
 DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[2] / "infra" / "deepspeed"
-PROGRESS_FILE = "progress.json"  # in every checkpoint: the step it holds (the driver reads it to resume a run)
-EMA_FILE = "ema.pt"
+PROGRESS_FILE = "progress.json"  # rank 0's note in every checkpoint: its step
+NO_DECAY_MODULES = (torch.nn.Embedding, torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.RMSNorm,
+                    torch.nn.modules.batchnorm._BatchNorm)
 
 
-@dataclass
-class RuntimeConfig:
-    workers: int = field(1, "Ray Train workers (processes); each runs one DeepSpeed rank")
-    cpus_per_worker: float = field(1.0, "CPUs Ray reserves per worker")
-    threads_per_worker: int = field(1, "torch threads inside each worker")
-    use_gpu: bool = field(False, "one GPU per worker")
-    zero_stage: int = field(2, "DeepSpeed ZeRO stage 0-3 (infra/deepspeed/zero<N>.json)")
-    offload: bool = field(False, "ZeRO-Offload of optimizer state to CPU (stage >= 1)")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = field("auto", "auto: bf16 on GPUs that have it, else fp16 on GPU, fp32 on CPU")
-    batch_size: int = field(2, "examples per worker per micro-step")
-    grad_accum: int = field(1, "micro-steps per optimizer step")
-    grad_clip: float = field(1.0, "gradient norm clip (0 = off)")
-    lr: float = field(3e-4, "peak learning rate (Adam)")
-    warmup_steps: int = field(100, "linear warm-up, then linear decay to 0 at total_steps")
-    total_steps: int = field(1000, "optimizer steps")
-    ema_decay: float = field(0.0, "EMA of the weights (0 = off; e.g. 0.999); the EMA weights are the ones registered")
-    checkpoint_every: int = field(200, "steps between checkpoints (and at the end)")
-    log_every: int = field(10, "steps between metric logs (one batched MLflow call each)")
-    media_every: int = field(0, "steps between audio/image logs (0 = at the end only)")
-    data_cpus: float = field(0.5, "CPUs of each rank's data-loading actor (Ray Data)")
-    prefetch_batches: int = field(4, "micro-batches each rank's iterator loads ahead")
-    seed: int = field(0, "everything random is a function of (seed, step, rank)")
-    max_failures: int = field(1, "worker-group restarts from the last checkpoint")
-    storage: str = field("runs/train", "where Ray Train keeps checkpoints (made absolute)")
-    run_name: str = field("", "Ray Train run name; reusing one resumes it (default: <task>-<time>)")
-    fail_at_step: int = field(0, "fault injection for tests: rank 0 raises once at this step (0 = never)")
+class DataSource(ABC):
+    """What the loader actors run; picklable, and it holds no model."""
 
-    def validate(self) -> None:
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ConfigError(f"runtime.zero_stage must be 0-3, got {self.zero_stage}")
-        if self.offload and self.zero_stage == 0:
-            raise ConfigError("runtime.offload needs ZeRO stage >= 1")
-        if self.ema_decay and self.zero_stage == 3:
-            # ZeRO-3 partitions the weights: an EMA would gather every parameter every step
-            raise ConfigError("runtime.ema_decay needs ZeRO stage <= 2 (stage 3 keeps no full copy of the weights)")
-        if not 0 <= self.ema_decay < 1:
-            raise ConfigError(f"runtime.ema_decay must be in [0, 1), got {self.ema_decay}")
-        for name in ("workers", "batch_size", "grad_accum", "total_steps", "checkpoint_every", "log_every", "prefetch_batches"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"runtime.{name} must be >= 1")
-
-
-class TrainingTask(ABC):
-    """What a model family writes; picklable (it travels to the workers and the data actors)."""
-
-    name = "task"
-
-    @abstractmethod
-    def build_model(self) -> torch.nn.Module: ...
-
-    def open_data(self) -> None:
-        """Open readers (once per data actor, and once per worker for ``media``)."""
+    def open(self) -> None:
+        """Open readers, once per loader actor."""
 
     @abstractmethod
     def load_batch(self, step: int, micro: int, rank: int, world: int, size: int) -> dict[str, np.ndarray]:
         """This rank's micro-batch of (step, micro): arrays with ``size`` rows; a pure function of the arguments."""
 
+
+class TrainingTask(ABC):
+    """What the workers run."""
+
+    name = "task"
+
+    def setup(self, device: torch.device) -> None:
+        """Once per worker, before ``build_model``: load frozen models, open evaluation data."""
+
     @abstractmethod
-    def run_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss (to backpropagate) and scalar metrics of one micro-batch."""
+    def build_model(self) -> torch.nn.Module: ...
+
+    @abstractmethod
+    def run_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], log: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss (to backpropagate) and metrics of one micro-batch, as tensors (they stay on the device).
+
+        ``log`` is true on steps whose metrics are logged: compute costly extras only then."""
 
     def media(self, model: torch.nn.Module, folder: Path | None) -> dict[str, float]:
         """Every rank, in eval mode without gradients (ZeRO-3 forward passes are collective). Rank 0
@@ -119,57 +99,88 @@ class Tracking:
     alias: str = "current"
 
 
+@dataclass
+class TrainSpec:
+    """Everything a worker needs, shipped once with the train loop's config."""
+
+    task: TrainingTask
+    source: DataSource
+    runtime: RuntimeConfig
+    optim: OptimConfig
+    checkpoint: CheckpointConfig
+    tracking: Tracking
+    mlflow_run_id: str = ""
+    job_started: float = 0.0  # time.time() when the job started, for the start-up metric
+    outcome: Any = None  # a RunOutcome actor: what the workers tell the driver beyond the checkpoint
+
+
+class RunOutcome:
+    """A tiny actor the workers tell what ``Result`` cannot carry (it holds only the last
+    checkpoint's metrics): a non-finite loss (step, ranks), and what MLflow did not receive."""
+
+    def __init__(self):
+        self.facts: dict[str, Any] = {}
+
+    def record(self, facts: dict[str, Any]) -> None:
+        self.facts.update(facts)
+
+    def get(self) -> dict[str, Any]:
+        return self.facts
+
+
 # ---------------------------------------------------------------- data
 
 class MicroBatchLoader:
     """Ray Data actor: one input row (a micro-batch index) -> that micro-batch's rows."""
 
-    def __init__(self, task: TrainingTask, rank: int, world: int, size: int, grad_accum: int, start: int):
+    def __init__(self, source: DataSource, rank: int, world: int, size: int, grad_accum: int, start: int):
         torch.set_num_threads(1)
-        self.task, self.rank, self.world, self.size, self.grad_accum, self.start = task, rank, world, size, grad_accum, start
-        task.open_data()
+        self.source, self.rank, self.world, self.size, self.grad_accum, self.start = source, rank, world, size, grad_accum, start
+        source.open()
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         index = int(rows["id"][0])
         step, micro = self.start + index // self.grad_accum, index % self.grad_accum
-        out = dict(self.task.load_batch(step, micro, self.rank, self.world, self.size))
+        out = dict(self.source.load_batch(step, micro, self.rank, self.world, self.size))
         out["_step"] = np.full(self.size, step, dtype=np.int64)
         out["_micro"] = np.full(self.size, micro, dtype=np.int64)
         return out
 
 
-def rank_datasets(task: TrainingTask, cfg: RuntimeConfig, start: int) -> dict:
-    """One ordered Ray Data stream per rank, from ``start`` to the end of training.
+def rank_stream(source: DataSource, cfg: RuntimeConfig, rank: int, world: int, start: int):
+    """This rank's ordered stream of micro-batches from step ``start`` to the end, loaded by a Ray Data actor.
 
-    Why not one dataset split by Ray Train: ``streaming_split`` hands blocks to whichever
-    worker asks first, so which examples a rank gets would vary between runs and a resumed
-    run could not equal an uninterrupted one. Per-rank streams with ``preserve_order`` are
-    exact, and the loading still runs in Ray Data actors beside the training processes.
+    Built by the worker once it knows the step it resumes from, so a restarted or resumed
+    run reads nothing it already trained on. Per-rank streams with ``preserve_order`` (not one
+    dataset split by Ray Train, whose ``streaming_split`` hands blocks to whichever worker
+    asks first) keep a resumed run exactly equal to an uninterrupted one.
     """
     import ray.data
 
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
     n = (cfg.total_steps - start) * cfg.grad_accum
-    return {f"rank{r}": ray.data.range(n, override_num_blocks=max(1, min(n, 64))).map_batches(
-        MicroBatchLoader, fn_constructor_kwargs=dict(task=task, rank=r, world=cfg.workers, size=cfg.batch_size,
+    ds = ray.data.range(n, override_num_blocks=max(1, min(n, 64))).map_batches(
+        MicroBatchLoader, fn_constructor_kwargs=dict(source=source, rank=rank, world=world, size=cfg.batch_size,
                                                      grad_accum=cfg.grad_accum, start=start),
-        batch_size=1, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=cfg.data_cpus) for r in range(cfg.workers)}
+        batch_size=1, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=cfg.data_cpus)
+    return iter(ds.iter_torch_batches(batch_size=cfg.batch_size, prefetch_batches=cfg.prefetch_batches, device="cpu"))
 
 
-# ---------------------------------------------------------------- workers
+# ---------------------------------------------------------------- optimiser
 
-def deepspeed_config(cfg: RuntimeConfig, world: int, device: str) -> dict:
+def deepspeed_config(cfg: RuntimeConfig, optim: OptimConfig, world: int, device: str) -> dict:
     ds = json.loads((DEEPSPEED_CONFIGS / f"zero{cfg.zero_stage}.json").read_text())
     ds.update(train_micro_batch_size_per_gpu=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-              train_batch_size=cfg.batch_size * cfg.grad_accum * world, gradient_clipping=cfg.grad_clip,
+              train_batch_size=cfg.batch_size * cfg.grad_accum * world, gradient_clipping=optim.grad_clip,
               steps_per_print=10 ** 9, zero_allow_untested_optimizer=True)
     precision = resolve_precision(cfg.precision, device)
     ds["bf16"] = {"enabled": precision == "bf16"}
     ds["fp16"] = {"enabled": precision == "fp16"}
     if cfg.offload:
         ds["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
-    ds["scheduler"] = {"type": "WarmupDecayLR", "params": {
-        "warmup_min_lr": 0.0, "warmup_max_lr": cfg.lr, "warmup_num_steps": max(1, min(cfg.warmup_steps, cfg.total_steps - 1)),
-        "total_num_steps": cfg.total_steps, "warmup_type": "linear"}}
     return ds
 
 
@@ -179,45 +190,84 @@ def resolve_precision(precision: str, device: str) -> str:
     return "fp32" if device == "cpu" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
 
 
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay on weight matrices only; none on biases, norms, embeddings, or
+    what the model names in ``no_weight_decay()``."""
+    extra = set(getattr(model, "no_weight_decay", lambda: ())())
+    decay, no_decay = [], []
+    for module_name, module in model.named_modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            full = f"{module_name}.{name}" if module_name else name
+            ndim = len(getattr(p, "ds_shape", p.shape))  # ZeRO-3 partitioned parameters keep their shape here
+            (no_decay if ndim < 2 or isinstance(module, NO_DECAY_MODULES) or full in extra else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: torch.nn.Module, optim: OptimConfig, offload: bool, device: str) -> torch.optim.Optimizer:
+    groups = param_groups(model, optim.weight_decay)
+    kwargs = dict(lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
+    if offload:  # DeepSpeed refuses ZeRO-Offload with a torch optimizer (zero_force_ds_cpu_optimizer)
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs)
+    return torch.optim.AdamW(groups, fused=device == "cuda", **kwargs)
+
+
 def _seed(cfg: RuntimeConfig, step: int, rank: int) -> None:
     torch.manual_seed(hash((cfg.seed, step, rank)) % 2 ** 63)
 
 
-class WeightEMA:
-    """fp32 exponential moving average of the trainable weights (ZeRO <= 2: every rank holds them all)."""
+# ---------------------------------------------------------------- metrics
 
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.shadow = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+class MetricAccumulator:
+    """Sums of each metric since the last log, on the device: no host sync between logs.
 
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        for n, p in model.named_parameters():
-            if n in self.shadow:
-                self.shadow[n].lerp_(p.detach().float(), 1 - self.decay)
+    At a log step the sums of every rank are reduced in one collective and divided by
+    their counts: the logged value is the mean over ranks, steps and micro-steps.
+    """
 
+    def __init__(self, device: torch.device):
+        self.device, self.sums, self.counts = device, {}, {}
+        self.first_nonfinite = torch.full((), -1, dtype=torch.int64, device=device)
 
-class _RankZeroLog:
-    """Rank 0's MLflow: metrics buffered and sent in one ``log_batch`` per interval."""
+    def add(self, metrics: dict[str, torch.Tensor]) -> None:
+        for k, v in metrics.items():
+            v = v.detach().float().reshape(())
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+            self.counts[k] = self.counts.get(k, 0) + 1
 
-    def __init__(self, tracking: Tracking, run_id: str):
-        import mlflow
+    def watch_loss(self, loss: torch.Tensor, step: int) -> None:
+        """Remember the first step whose loss was NaN or infinite, without leaving the device."""
+        bad = ~torch.isfinite(loss.detach()) & (self.first_nonfinite < 0)
+        self.first_nonfinite = torch.where(bad, torch.full_like(self.first_nonfinite, step), self.first_nonfinite)
 
-        self.client, self.run_id, self.pending = mlflow.MlflowClient(tracking_uri=tracking.uri), run_id, []
+    def nonfinite(self, world: int) -> dict[int, int]:
+        """{rank: first bad step} over all ranks (a collective: every rank calls it at the same steps)."""
+        import torch.distributed as dist
 
-    def add(self, step: int, metrics: dict[str, float]) -> None:
-        from mlflow.entities import Metric
+        if world == 1:
+            gathered = [self.first_nonfinite]
+        else:
+            gathered = [torch.empty_like(self.first_nonfinite) for _ in range(world)]
+            dist.all_gather(gathered, self.first_nonfinite)
+        return {r: int(s) for r, s in enumerate(gathered) if int(s) >= 0}
 
-        now = int(time.time() * 1000)
-        self.pending += [Metric(k, float(v), now, step) for k, v in metrics.items() if np.isfinite(v)]
+    def reduce(self, world: int) -> dict[str, float]:
+        import torch.distributed as dist
 
-    def flush(self) -> None:
-        for i in range(0, len(self.pending), 1000):  # MLflow's per-call limit
-            self.client.log_batch(self.run_id, metrics=self.pending[i:i + 1000])
-        self.pending = []
-
-    def artifacts(self, folder: Path, path: str) -> None:
-        self.client.log_artifacts(self.run_id, str(folder), path)
+        keys = sorted(self.sums)
+        if not keys:
+            return {}
+        packed = torch.stack([self.sums[k] / self.counts[k] for k in keys])
+        if world > 1:
+            dist.all_reduce(packed)
+            packed /= world
+        values = packed.tolist()
+        self.sums, self.counts = {}, {}
+        return dict(zip(keys, values))
 
 
 def _tensor_bytes(tensors) -> int:
@@ -225,12 +275,11 @@ def _tensor_bytes(tensors) -> int:
 
 
 def rank_memory(engine) -> dict[str, float]:
-    """What this rank holds of the model state (MB) and its peak resident memory.
+    """What this rank holds of the model state (MB) and its peak resident memory (a log-step extra).
 
     Parameters as stored on this rank (ZeRO-3 keeps a 1/world partition, ``ds_tensor``), the
     optimizer's own tensors (Adam moments; ZeRO-1/2 also their fp32 partition of the weights)
-    and the gradients kept between steps. Activations are not model state: they show in the
-    peak RSS, with the process's libraries (~0.5 GB of torch/DeepSpeed/Ray on CPU)."""
+    and the gradients kept between steps."""
     import resource
 
     params = [getattr(p, "ds_tensor", p) for p in engine.module.parameters()]
@@ -238,156 +287,213 @@ def rank_memory(engine) -> dict[str, float]:
     state = [t for st in inner.state.values() for t in st.values()]
     opt_params = [p for g in inner.param_groups for p in g["params"]]
     own = {id(p) for p in engine.module.parameters()}
-    copies = [p for p in opt_params if id(p) not in own]  # ZeRO-1/2: the optimizer's fp32 partitions
+    copies = [p for p in opt_params if id(p) not in own]  # ZeRO-1/2/3: the optimizer's fp32 partitions
     grads = [p.grad for p in opt_params if p.grad is not None] + [p.grad for p in engine.module.parameters() if p.grad is not None]
     kept = getattr(engine.optimizer, "averaged_gradients", None) or {}  # ZeRO-2/3: this rank's reduced gradient partition
     grads += [t for v in (kept.values() if isinstance(kept, dict) else kept) for t in (v if isinstance(v, list) else [v])]
-    grads = list({id(g): g for g in grads}.values())  # ZeRO-0: the optimizer's parameters are the module's
+    grads = list({id(g): g for g in grads}.values())
     mb = 2 ** 20
     return {"mem_params_mb": _tensor_bytes(params) / mb, "mem_optimizer_mb": (_tensor_bytes(state) + _tensor_bytes(copies)) / mb,
             "mem_grads_mb": _tensor_bytes(grads) / mb, "mem_rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def _media(task: TrainingTask, engine, rank: int, step: int, log: _RankZeroLog | None) -> dict[str, float]:
+def _media(task: TrainingTask, engine, rank: int, step: int, sink) -> dict[str, float]:
     engine.eval()
     with torch.no_grad(), tempfile.TemporaryDirectory() as tmp:
         metrics = task.media(engine, Path(tmp) if rank == 0 else None)
-        if log is not None and any(Path(tmp).iterdir()):
-            log.artifacts(Path(tmp), f"media/step_{step:07d}")
+        if sink is not None and any(Path(tmp).iterdir()):
+            sink.artifacts(Path(tmp), f"media/step_{step:07d}")
     engine.train()
     return {f"eval_{k}": v for k, v in metrics.items()}
 
 
+# ---------------------------------------------------------------- the worker
+
+def build_engine(spec: TrainSpec, world: int, device: str):
+    import deepspeed
+
+    cfg = spec.runtime
+    ds_config = deepspeed_config(cfg, spec.optim, world, device)
+    _seed(cfg, -1, 0)  # the same initial weights on every rank
+    deepspeed.init_distributed()  # adopts the process group Ray Train made
+    partitioned = deepspeed.zero.Init(config_dict_or_path=ds_config) if cfg.zero_stage == 3 else contextlib.nullcontext()
+    with partitioned:
+        model = spec.task.build_model()  # ZeRO-3: each module's parameters are partitioned as it is built
+    optimizer = build_optimizer(model, spec.optim, cfg.offload, device)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    dtype = torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float16 if ds_config["fp16"]["enabled"] else torch.float32
+    return engine, dtype
+
+
+def _checkpoint_score(step: int, ckpt: CheckpointConfig) -> float:
+    """Ray keeps the highest-scoring checkpoints: milestones outrank every other, the newest come next."""
+    return step + (1e12 if ckpt.milestone_every and step % ckpt.milestone_every == 0 else 0)
+
+
 def train_loop(config: dict) -> None:
     """Runs in every Ray Train worker."""
-    import deepspeed
     import ray.train
 
-    task: TrainingTask = config["task"]
-    cfg: RuntimeConfig = config["runtime"]
-    data_start: int = config["data_start"]
+    spec: TrainSpec = config["spec"]
+    cfg, task = spec.runtime, spec.task
+    since_job = (lambda: time.time() - spec.job_started) if spec.job_started else (lambda: 0.0)
+    startup = {"startup_worker_s": since_job()}  # where the time to the first step goes (logged once)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg.threads_per_worker)
     device = "cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu"
-    task.open_data()
-    _seed(cfg, -1, 0)  # same initial weights on every rank
-    model = task.build_model()
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    ds_config = deepspeed_config(cfg, world, device)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
-    dtype = torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float16 if ds_config["fp16"]["enabled"] else torch.float32
-    ema = WeightEMA(engine.module, cfg.ema_decay) if cfg.ema_decay else None
-    start = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            _, client = engine.load_checkpoint(folder, tag="state")
-            if ema is not None:
-                ema.shadow = torch.load(Path(folder) / EMA_FILE, weights_only=True)
-        start = int(client["step"])
-    log = _RankZeroLog(config["tracking"], config["mlflow_run_id"]) if rank == 0 and config["mlflow_run_id"] else None
-    stream = iter(ray.train.get_dataset_shard(f"rank{rank}").iter_torch_batches(
-        batch_size=cfg.batch_size, prefetch_batches=cfg.prefetch_batches, device="cpu"))
-    for _ in range((start - data_start) * cfg.grad_accum):  # a restart inside this job replays its stream from data_start
-        next(stream)
+    restored = contextlib.ExitStack()
+    checkpoint = ray.train.get_checkpoint()  # the one Ray restores: after a worker-group restart, or a resumed run
+    folder = Path(restored.enter_context(checkpoint.as_directory())) if checkpoint else None
+    start = json.loads((folder / PROGRESS_FILE).read_text())["step"] if folder else 0
+    task.setup(torch.device(device))
+    engine, dtype = build_engine(spec, world, device)
+    startup["startup_engine_s"] = since_job()
+    ema = PartitionedEMA(engine.module, cfg.ema_decay, rank, world) if cfg.ema_decay else None
+    if folder:
+        _, client = engine.load_checkpoint(str(folder), tag="state")
+        if int(client["step"]) != start:
+            raise RuntimeError(f"checkpoint {checkpoint.path}: DeepSpeed state at step {client['step']}, progress at {start}")
+        if ema is not None:
+            ema.load(folder)
+    restored.close()
+    # Not started in a background thread before the engine: two threads importing torch/DeepSpeed/Ray Data
+    # modules at once deadlocked on Python's import locks (seen), for ~4 s of overlap on 2 cores
+    stream = rank_stream(spec.source, cfg, rank, world, start) if start < cfg.total_steps else iter(())
+    sink = None
+    if rank == 0 and spec.mlflow_run_id:
+        from pipeline.train.metrics_sink import MetricsSink
+
+        sink = MetricsSink(spec.tracking.uri, spec.mlflow_run_id)
+    finished = False
+    try:
+        _train_steps(spec, engine, dtype, ema, stream, start, rank, world, sink, startup, since_job)
+        finished = True
+    finally:
+        if sink is not None:  # deliver what is queued (after an error too, briefly), within a bound
+            ray.get(spec.outcome.record.remote(sink.close(timeout=120 if finished else 10)))
+
+
+def _train_steps(spec: TrainSpec, engine, dtype, ema, stream, start: int, rank: int, world: int, sink, startup: dict,
+                 since_job) -> None:
+    import ray.train
+
+    cfg, task = spec.runtime, spec.task
+    acc = MetricAccumulator(engine.device)
+    fault = cfg.fault()
     media_every = cfg.media_every or cfg.total_steps
+    host: dict[str, float] = {"data_wait_s": 0.0}
+    t_log, last_log, reported = time.perf_counter(), start, {"step": start}
     for step in range(start, cfg.total_steps):
-        t0 = time.perf_counter()
-        metrics: dict[str, float] = {"data_wait_s": 0.0}
+        done = step + 1
+        log_now = done % cfg.log_every == 0 or done == cfg.total_steps
+        save_now = done % spec.checkpoint.every == 0 or done == cfg.total_steps
+        for group in engine.optimizer.param_groups:  # the schedule is a function of the step alone (resumes exactly)
+            group["lr"] = spec.optim.lr * spec.optim.lr_factor(step, cfg.total_steps)
         for micro in range(cfg.grad_accum):
             t_data = time.perf_counter()
             batch = next(stream)
-            metrics["data_wait_s"] += time.perf_counter() - t_data
+            host["data_wait_s"] += time.perf_counter() - t_data
+            if step == start and micro == 0:
+                startup["startup_first_batch_s"] = since_job()
             got = (int(batch.pop("_step")[0]), int(batch.pop("_micro")[0]))
             if got != (step, micro):  # the stream must be exactly the run's, or resuming would not be exact
                 raise RuntimeError(f"rank {rank}: data stream at {got}, training at {(step, micro)}")
             batch = {k: v.to(engine.device, dtype if v.is_floating_point() else v.dtype) for k, v in batch.items()}
             _seed(cfg, step * cfg.grad_accum + micro, rank)
-            loss, parts = task.run_step(engine, batch)
+            loss, metrics = task.run_step(engine, batch, log_now)
+            if fault and fault[0] == "nan" and done == fault[1] and rank == 0:
+                loss = loss * float("nan")
+            acc.watch_loss(loss, done)
+            acc.add({"loss": loss, **metrics})
             engine.backward(loss)
-            if micro == cfg.grad_accum - 1:  # gradients exist now, not after the step
+            if log_now and micro == cfg.grad_accum - 1:  # gradients exist now, not after the step
                 memory = rank_memory(engine)
             engine.step()
-            for k, v in parts.items():
-                metrics[k] = metrics.get(k, 0.0) + float(v) / cfg.grad_accum
         if ema is not None:
-            ema.update(engine.module)
-        if cfg.fail_at_step and step + 1 == cfg.fail_at_step and start == 0 and rank == 0:
-            raise RuntimeError(f"injected failure at step {step + 1} (runtime.fail_at_step)")
-        metrics.update(lr=engine.get_lr()[0], step_s=time.perf_counter() - t0)
-        metrics.update(memory)
-        metrics["data_wait_frac"] = metrics["data_wait_s"] / metrics["step_s"]
-        done = step + 1
+            ema.update()
+        if fault and fault[0] == "raise" and done == fault[1] and start == 0 and rank == 0:
+            raise RuntimeError(f"injected failure at step {done} (runtime.inject_fault)")
+        if step == start:
+            startup["startup_s"] = since_job()  # job start to the end of this worker's first step
+        if not (log_now or save_now):
+            continue
+        bad = acc.nonfinite(world)
+        if bad:  # stop before anything non-finite is checkpointed or registered; every rank leaves here together
+            first = min(bad.values())
+            if rank == 0:
+                ray.get(spec.outcome.record.remote({"nonfinite_step": first,
+                                                    "nonfinite_ranks": sorted(r for r, s in bad.items() if s == first)}))
+                if sink is not None:
+                    sink.add(done, {"nonfinite_loss_step": first})
+            return
+        reported = {"step": done}
+        if log_now:
+            elapsed = time.perf_counter() - t_log
+            reported.update(acc.reduce(world))
+            reported.update(lr=engine.optimizer.param_groups[0]["lr"], step_s=elapsed / (done - last_log),
+                            data_wait_s=host["data_wait_s"], **memory)
+            reported["data_wait_frac"] = host["data_wait_s"] / max(elapsed, 1e-9)
+            if spec.job_started and startup:
+                reported.update(startup)
+                startup = {}
+            host["data_wait_s"], t_log, last_log = 0.0, time.perf_counter(), done
         if done % media_every == 0 or done == cfg.total_steps:
-            metrics.update(_media(task, engine, rank, done, log))
-        if log is not None:
-            log.add(done, metrics)
-        if done % cfg.checkpoint_every == 0 or done == cfg.total_steps:
-            if log is not None:
-                log.flush()
+            reported.update(_media(task, engine, rank, done, sink))
+        if sink is not None and log_now:
+            sink.add(done, {k: v for k, v in reported.items() if isinstance(v, (int, float)) and k != "step"})
+        if save_now:  # checkpoint first; the logs follow in the background
             with tempfile.TemporaryDirectory() as tmp:
                 engine.save_checkpoint(tmp, tag="state", client_state={"step": done})
+                if ema is not None:
+                    ema.save(Path(tmp))
                 if rank == 0:  # Ray merges every rank's files into one checkpoint folder
                     (Path(tmp) / PROGRESS_FILE).write_text(json.dumps({"step": done}))
-                    if ema is not None:
-                        torch.save(ema.shadow, Path(tmp) / EMA_FILE)
-                ray.train.report({**metrics, "step": done}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        elif done % cfg.log_every == 0:
-            if log is not None:
-                log.flush()
-            ray.train.report({**metrics, "step": done})
+                reported["checkpoint_score"] = _checkpoint_score(done, spec.checkpoint)
+                ray.train.report(reported, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            if sink is not None:  # the logs up to a checkpoint go out with it while the server answers; never waited on when not
+                sink.flush(timeout=10 if sink.healthy else 0)
+        else:
+            ray.train.report(reported)
 
 
 # ---------------------------------------------------------------- driver
 
-def latest_checkpoint(run_dir: Path) -> tuple[int, Path | None]:
-    """(step, folder) of the newest checkpoint of a Ray Train run folder; (0, None) if none."""
-    found = [(json.loads(p.read_text())["step"], p.parent) for p in run_dir.glob(f"checkpoint_*/{PROGRESS_FILE}")]
-    return max(found, default=(0, None), key=lambda f: f[0])
+def run_name(task: TrainingTask, ckpt: CheckpointConfig, level: str = "") -> str:
+    """The given name, or one that two jobs started in the same second do not share."""
+    if ckpt.run_name:
+        return ckpt.run_name
+    parts = [task.name, level, time.strftime("%Y%m%d-%H%M%S"), f"{os.getpid()}"]
+    return "-".join(p for p in parts if p)
 
 
-def checkpointed_step(run_dir: Path) -> int:
-    return latest_checkpoint(run_dir)[0]
+def fit(spec: TrainSpec, name: str):
+    """Train with Ray Train; returns the ``ray.train.Result`` (its checkpoint holds the ZeRO state) and
+    what the workers recorded in the ``RunOutcome``.
 
-
-def fit(task: TrainingTask, cfg: RuntimeConfig, tracking: Tracking | None = None, mlflow_run_id: str = ""):
-    """Train ``task`` with Ray Train; returns the ``ray.train.Result`` (its checkpoint holds the ZeRO state)."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    A run ``name`` that exists under the storage resumes from its newest checkpoint: Ray
+    restores it to the workers, which read their step from it."""
+    import ray
+    from ray.train import CheckpointConfig as RayCheckpointConfig
+    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    cfg.validate()
+    cfg, ckpt = spec.runtime, spec.checkpoint
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if cfg.use_gpu else "cpu")
-    name = cfg.run_name or f"{task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage = Path(cfg.storage).expanduser().resolve()
-    start = checkpointed_step(storage / name)  # a new job pointed at an existing run resumes it
-    options = DataConfig.default_ingest_options()
-    options.preserve_order = True
+    spec.outcome = ray.remote(num_cpus=0)(RunOutcome).remote()
+    milestones = cfg.total_steps // ckpt.milestone_every if ckpt.milestone_every else 0
     trainer = TorchTrainer(
-        train_loop, train_loop_config={"task": task, "runtime": cfg, "data_start": start,
-                                       "tracking": tracking or Tracking(), "mlflow_run_id": mlflow_run_id},
-        datasets=rank_datasets(task, cfg, start),
-        dataset_config=DataConfig(datasets_to_split=[], execution_options=options),
+        train_loop, train_loop_config={"spec": spec},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=RunConfig(name=name, storage_path=str(storage),
+        run_config=RunConfig(name=name, storage_path=ckpt.storage_uri(),
+                             logging_config=LoggingConfig(log_level="WARNING"),  # not every report's metrics on the console
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)))
-    return trainer.fit()
-
-
-def consolidated_state_dict(checkpoint_dir: str | Path) -> dict[str, torch.Tensor]:
-    """fp32 weights from a ZeRO checkpoint (any stage), on the CPU, without a process group.
-
-    With an EMA, its weights replace the trained ones (buffers such as the codebook stay)."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    if not list((Path(checkpoint_dir) / "state").glob("*optim_states.pt")):  # ZeRO-0: rank 0 saved the whole module
-        saved = torch.load(Path(checkpoint_dir) / "state" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
-        state = {k: v.float() if v.is_floating_point() else v for k, v in saved["module"].items()}
-    else:
-        state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag="state")
-    ema = Path(checkpoint_dir) / EMA_FILE
-    if ema.exists():
-        state.update(torch.load(ema, weights_only=True))
-    return state
+                             checkpoint_config=RayCheckpointConfig(num_to_keep=ckpt.keep_last + milestones,
+                                                                   checkpoint_score_attribute="checkpoint_score",
+                                                                   checkpoint_score_order="max")))
+    result = trainer.fit()
+    facts = ray.get(spec.outcome.get.remote())
+    ray.kill(spec.outcome)
+    spec.outcome = None
+    return result, facts

@@ -15,7 +15,8 @@ from typing import Literal
 
 from models.vqvae import PAPER, TINY, VQVAEConfig
 from pipeline.config import ConfigError, field
-from pipeline.train.runtime import RuntimeConfig, Tracking
+from pipeline.train.config import CheckpointConfig, OptimConfig, RuntimeConfig
+from pipeline.train.runtime import Tracking
 
 LEVEL_HOPS = {"bottom": 8, "middle": 32, "top": 128}  # the paper's compression per level
 PRESETS = {"paper": PAPER, "tiny": TINY}
@@ -48,6 +49,8 @@ class TrainVQVAEConfig:
     holdout: float = field(0.0, "last fraction of every song kept out of training; evaluation crops come from it")
     data_seed: int = field(0, "seed of the window stream")
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     mlflow_tracking_uri: str = field("", "default: $MLFLOW_TRACKING_URI or sqlite under ./runs/")
     experiment: str = field("jukebox-vqvae", "MLflow experiment")
     register: str = field("", "registered model name (default: jukebox-vqvae-<level>)")
@@ -93,25 +96,32 @@ def check_shards(cfg: TrainVQVAEConfig) -> None:
 
 
 def train_vqvae(cfg: TrainVQVAEConfig) -> dict:
-    from pipeline.runtime import init_ray, tracking_uri
+    import time
+
+    from pipeline.services import init_ray, tracking_uri
     from pipeline.train.run import train_and_register
+    from pipeline.train.runtime import TrainSpec
     from pipeline.train.vqvae_task import VQVAETask, estimate_loss_scales
     from pipeline.train.windows import WindowSampler
 
+    job_started = time.time()
     cfg.validate()
-    cfg.runtime.validate()
+    for section in (cfg.runtime, cfg.optim, cfg.checkpoint):
+        section.validate()
     check_shards(cfg)
     model = cfg.model_config()
     shards = str(Path(cfg.shards).expanduser().resolve())
     sampler = WindowSampler(shards, cfg.window(), cfg.data_seed, span=(0.0, 1.0 - cfg.holdout))
-    scales = estimate_loss_scales(sampler, model)
-    task = VQVAETask(model, shards, cfg.window(), scales, cfg.data_seed, cfg.holdout, lineage=sampler.lineage())
-    rt = cfg.runtime
-    need = rt.workers * (rt.cpus_per_worker + rt.data_cpus) + 1  # + 1: Ray Data's own read tasks
-    init_ray(cfg.ray_address or None, cfg.num_cpus or max(os.cpu_count() or 1, int(need + 0.999)), progress=False)
     tracking = Tracking(tracking_uri(cfg.mlflow_tracking_uri or None), cfg.experiment,
                         cfg.register or f"jukebox-vqvae-{cfg.level}", cfg.alias)
-    summary = train_and_register(task, rt, tracking)
+    rt = cfg.runtime
+    need = rt.workers * (rt.cpus_per_worker + rt.data_cpus) + 1  # + 1: Ray Data's own read tasks
+    # (not overlapped in threads with Ray's start: concurrent first imports of torch/Ray/MLflow modules can deadlock)
+    scales = estimate_loss_scales(sampler, model)
+    init_ray(cfg.ray_address or None, cfg.num_cpus or max(os.cpu_count() or 1, int(need + 0.999)), progress=False)
+    task = VQVAETask(model, shards, cfg.window(), scales, cfg.data_seed, cfg.holdout, lineage=sampler.lineage())
+    spec = TrainSpec(task, task.source(), rt, cfg.optim, cfg.checkpoint, tracking, job_started=job_started)
+    summary = train_and_register(spec, level=cfg.level)
     summary.update(level=cfg.level, hop_length=model.hop_length, loss_scales=dataclasses.asdict(scales))
     return summary
 

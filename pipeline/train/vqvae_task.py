@@ -1,4 +1,4 @@
-"""The VQ-VAE as a training task: windows from the shards, the paper's losses, its card."""
+"""The VQ-VAE as a training job: windows from the shards (its data source), the paper's losses and its card (its task)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,28 @@ import torch
 from models.losses import LossScales, mean_spectral_norm, spectral_convergence_db, vqvae_loss
 from models.vqvae import LEVELS, VQVAE, VQVAEConfig
 from pipeline.audio import TARGET_SAMPLE_RATE
-from pipeline.train.runtime import TrainingTask
+from pipeline.train.runtime import DataSource, TrainingTask
 from pipeline.train.windows import WindowSampler
 
 SCALES_STREAM = 2 ** 32 - 1  # a window stream no training step draws from
 MEDIA_STREAM = 2 ** 32 - 2
+
+
+@dataclass
+class VQVAEWindows(DataSource):
+    """Training windows of the shards (the loader actors' side)."""
+
+    shards: str
+    sample_length: int
+    data_seed: int = 0
+    holdout: float = 0.0
+
+    def open(self) -> None:
+        self.sampler = WindowSampler(self.shards, self.sample_length, self.data_seed, span=(0.0, 1.0 - self.holdout))
+
+    def load_batch(self, step: int, micro: int, rank: int, world: int, size: int) -> dict[str, np.ndarray]:
+        specs = self.sampler.epoch(step, size * world, stream=micro)[rank * size:(rank + 1) * size]
+        return {"audio": self.sampler.load_batch(specs)}
 
 
 @dataclass
@@ -33,30 +50,25 @@ class VQVAETask(TrainingTask):
     lineage: dict[str, Any] = field(default_factory=dict)
     name = "vqvae"
 
-    @property
-    def train_span(self) -> tuple[float, float]:
-        return (0.0, 1.0 - self.holdout)
+    def source(self) -> VQVAEWindows:
+        return VQVAEWindows(self.shards, self.sample_length, self.data_seed, self.holdout)
 
-    def open_data(self) -> None:
-        self.sampler = WindowSampler(self.shards, self.sample_length, self.data_seed, span=self.train_span)
-        eval_span = (1.0 - self.holdout, 1.0) if self.holdout else self.train_span
+    def setup(self, device: torch.device) -> None:
+        eval_span = (1.0 - self.holdout, 1.0) if self.holdout else (0.0, 1.0)
         self.eval_sampler = WindowSampler(self.shards, self.sample_length, self.data_seed, span=eval_span)
 
     def build_model(self) -> torch.nn.Module:
         return VQVAE(self.model)
 
-    def load_batch(self, step: int, micro: int, rank: int, world: int, size: int) -> dict[str, np.ndarray]:
-        specs = self.sampler.epoch(step, size * world, stream=micro)[rank * size:(rank + 1) * size]
-        return {"audio": self.sampler.load_batch(specs)}
-
-    def run_step(self, model, batch):
+    def run_step(self, model, batch, log):
         audio = batch["audio"]
         out = model(audio)
         parts = vqvae_loss(out, audio, self.model, self.scales)
-        metrics = {k: float(v.detach()) for k, v in parts.items()}
-        sc = spectral_convergence_db(audio.float().mean(2), out["recon"].detach().float().mean(2))
-        metrics["spectral_convergence_db"] = float(sc.mean())
-        metrics.update({k: float(out[k]) for k in ("perplexity", "codes_in_batch", "codes_restarted") if k in out})
+        metrics = {k: v.detach() for k, v in parts.items() if k != "loss"}
+        if log:  # a log-step extra: the STFTs of the spectral convergence
+            recon = out["recon"].detach().float()
+            metrics["spectral_convergence_db"] = spectral_convergence_db(audio.float().mean(2), recon.mean(2)).mean()
+        metrics.update({k: torch.as_tensor(out[k]) for k in ("perplexity", "codes_in_batch", "codes_restarted") if k in out})
         return parts["loss"], metrics
 
     def media(self, model, folder: Path | None) -> dict[str, float]:

@@ -265,7 +265,7 @@ def test_same_files_run_under_ray_job_submit(tmp_path):
         db = f"sqlite:///{tmp_path / 'train.db'}"  # the job runs in the cluster's environment, not this client's
         succeeded(submit("jobs/train_vqvae.py", "--level", "bottom", "--preset", "tiny", "--shards", str(tmp_path / "out"),
                          "--runtime.workers", "2", "--runtime.zero_stage", "3", "--runtime.total_steps", "4",
-                         "--runtime.checkpoint_every", "2", "--runtime.storage", str(tmp_path / "runs"), "--mlflow_tracking_uri", db))
+                         "--checkpoint.every", "2", "--checkpoint.storage", str(tmp_path / "runs"), "--mlflow_tracking_uri", db))
         import mlflow
 
         mv = mlflow.MlflowClient(tracking_uri=db).get_model_version_by_alias("jukebox-vqvae-bottom", "current")

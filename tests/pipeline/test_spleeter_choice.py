@@ -52,7 +52,7 @@ def test_choice(tmp_path):
     choice = choose_separator(replace(cfg, model=str(_model(tmp_path / "m2")), spleeter_python=str(fake_python)), tmp_path)
     assert choice.name == "spleeter" and choice.version.endswith("@step-300")
     assert choice.runtime_env["py_executable"] == str(fake_python) and "PYTHONPATH" in choice.runtime_env["env_vars"]
-    with pytest.raises(ConfigError, match="not found in the registry"):
+    with pytest.raises(ConfigError, match="is not in the registry"):
         choose_separator(replace(cfg, model="models:/nothing@current", spleeter_python=str(fake_python)), tmp_path,
                          f"sqlite:///{tmp_path / 'm.db'}")
 

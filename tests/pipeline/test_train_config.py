@@ -1,13 +1,13 @@
 """The training configs fail early and clearly; the DeepSpeed config follows the runtime's."""
 
-import json
 
 import pytest
 
 from models.vqvae import PAPER
 from pipeline.config import ConfigError, from_dict, parse_args
-from pipeline.train.run import _card_tags
-from pipeline.train.runtime import RuntimeConfig, checkpointed_step, deepspeed_config
+from pipeline.registry import card_tags
+from pipeline.train.config import CheckpointConfig, OptimConfig, RuntimeConfig
+from pipeline.train.runtime import deepspeed_config
 from pipeline.train.vqvae_job import TrainVQVAEConfig, check_shards
 
 
@@ -45,54 +45,96 @@ def test_missing_or_too_short_shards_are_config_errors(tmp_path, demo_shards):
     check_shards(from_dict(TrainVQVAEConfig, {"shards": str(demo_shards)}))
 
 
-@pytest.mark.parametrize("data,message", [
-    ({"zero_stage": 4}, "zero_stage must be 0-3"),
-    ({"zero_stage": 0, "offload": True}, "offload needs ZeRO stage >= 1"),
-    ({"zero_stage": 3, "ema_decay": 0.999}, "ema_decay needs ZeRO stage <= 2"),
-    ({"grad_accum": 0}, "grad_accum must be >= 1"),
+@pytest.mark.parametrize("cls,data,message", [
+    (RuntimeConfig, {"zero_stage": 4}, "zero_stage must be 0-3"),
+    (RuntimeConfig, {"zero_stage": 0, "offload": True}, "offload needs ZeRO stage >= 1"),
+    (RuntimeConfig, {"ema_decay": 1.0}, "ema_decay must be a finite number >= 0.0 and < 1.0"),
+    (RuntimeConfig, {"grad_accum": 0}, "grad_accum must be >= 1"),
+    (RuntimeConfig, {"cpus_per_worker": 0}, "cpus_per_worker must be a finite number > 0"),
+    (RuntimeConfig, {"inject_fault": "boom:3"}, "inject_fault must be"),
+    (OptimConfig, {"lr": "nan"}, "optim.lr must be a finite number > 0"),
+    (OptimConfig, {"betas": [0.9]}, "betas must be two numbers"),
+    (OptimConfig, {"betas": [0.9, 1.0]}, "optim.betas must be a finite number"),
+    (OptimConfig, {"weight_decay": -0.1}, "weight_decay must be a finite number >= 0"),
+    (OptimConfig, {"decay": "exponential"}, "not one of"),
+    (CheckpointConfig, {"every": 0}, "checkpoint.every"),
+    (CheckpointConfig, {"every": 200, "milestone_every": 300}, "multiple of checkpoint.every"),
+    (CheckpointConfig, {"run_name": "../elsewhere"}, "plain name"),
 ])
-def test_bad_runtime_configs(data, message):
+def test_bad_runtime_configs(cls, data, message):
     with pytest.raises(ConfigError, match=message):
-        from_dict(RuntimeConfig, data)
+        from_dict(cls, data)
 
 
 def test_deepspeed_config_follows_the_runtime():
-    cfg = from_dict(RuntimeConfig, {"zero_stage": 3, "batch_size": 4, "grad_accum": 2, "lr": 1e-3, "warmup_steps": 10,
-                                    "total_steps": 100, "grad_clip": 0.5, "offload": True})
-    ds = deepspeed_config(cfg, world=2, device="cpu")
+    cfg = from_dict(RuntimeConfig, {"zero_stage": 3, "batch_size": 4, "grad_accum": 2, "total_steps": 100, "offload": True})
+    ds = deepspeed_config(cfg, from_dict(OptimConfig, {"grad_clip": 0.5}), world=2, device="cpu")
     assert ds["zero_optimization"]["stage"] == 3 and ds["zero_optimization"]["offload_optimizer"] == {"device": "cpu"}
     assert (ds["train_batch_size"], ds["gradient_accumulation_steps"], ds["gradient_clipping"]) == (16, 2, 0.5)
     assert not ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]  # fp32 on CPU
-    sched = ds["scheduler"]["params"]
-    assert ds["scheduler"]["type"] == "WarmupDecayLR" and sched["warmup_max_lr"] == 1e-3 and sched["total_num_steps"] == 100
-    assert deepspeed_config(from_dict(RuntimeConfig, {"precision": "bf16"}), 1, "cpu")["bf16"]["enabled"]
+    assert "scheduler" not in ds  # the schedule is the runtime's own: a function of the step
+    assert deepspeed_config(from_dict(RuntimeConfig, {"precision": "bf16"}), OptimConfig(), 1, "cpu")["bf16"]["enabled"]
 
 
-def test_the_newest_checkpoint_step_is_found(tmp_path):
-    assert checkpointed_step(tmp_path / "nothing") == 0
-    for name, step in (("checkpoint_a", 200), ("checkpoint_b", 400)):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "progress.json").write_text(json.dumps({"step": step}))
-    assert checkpointed_step(tmp_path) == 400
+def test_schedule_warms_up_then_decays_to_zero():
+    linear = OptimConfig(lr=1.0, warmup_steps=4, decay="linear")
+    factors = [linear.lr_factor(s, 20) for s in range(20)]
+    assert factors[:4] == [0.2, 0.4, 0.6, 0.8] and factors[4] == 1.0
+    assert factors[12] == 0.5 and all(a > b for a, b in zip(factors[4:], factors[5:])) and linear.lr_factor(20, 20) == 0.0
+    cosine = OptimConfig(warmup_steps=0, decay="cosine")
+    assert cosine.lr_factor(0, 10) == 1.0 and abs(cosine.lr_factor(5, 10) - 0.5) < 1e-9 and cosine.lr_factor(10, 10) < 1e-12
+    assert OptimConfig(warmup_steps=2, decay="constant").lr_factor(50, 60) == 1.0
+
+
+def test_weight_decay_goes_to_weight_matrices_only():
+    from toy_training import ToyModel
+
+    from pipeline.train.runtime import param_groups
+
+    model = ToyModel(8)
+    decay, no_decay = param_groups(model, 0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert sorted(names[id(p)] for p in decay["params"]) == ["inp.weight", "out.weight"]
+    assert sorted(names[id(p)] for p in no_decay["params"]) == ["bias_table.weight", "inp.bias", "norm.bias", "norm.weight", "out.bias"]
+    model.no_weight_decay = lambda: {"out.weight"}  # a model may name more
+    assert [names[id(p)] for p in param_groups(model, 0.01)[0]["params"]] == ["inp.weight"]
+
+
+def test_run_names_differ_between_levels_and_jobs():
+    from toy_training import ToyTask
+
+    from pipeline.train.runtime import run_name
+
+    a, b = run_name(ToyTask(), CheckpointConfig(), "bottom"), run_name(ToyTask(), CheckpointConfig(), "middle")
+    assert a != b and "bottom" in a and str(__import__("os").getpid()) in a
+    assert run_name(ToyTask(), CheckpointConfig(run_name="mine")) == "mine"
 
 
 def test_card_tags_are_strings_with_nested_parts_as_json():
-    tags = _card_tags({"hop_length": 8, "config": {"width": 64}, "lineage": {"manifest_sha256": "ab"}})
+    tags = card_tags({"hop_length": 8, "config": {"width": 64}, "lineage": {"manifest_sha256": "ab"}})
     assert tags == {"hop_length": "8", "config": '{"width": 64}', "lineage": '{"manifest_sha256": "ab"}'}
 
 
-def test_weight_ema_follows_the_weights_at_its_decay():
+def test_partitioned_ema_follows_the_weights_and_reassembles(tmp_path):
     import torch
 
-    from pipeline.train.runtime import WeightEMA
+    from pipeline.train.weights import EMA_DIR, EMAReader, PartitionedEMA
 
-    model = torch.nn.Linear(2, 1)
+    model = torch.nn.Linear(3, 5)  # 15 weights: not a multiple of the world size 2
     with torch.no_grad():
         model.weight.fill_(0.0)
-    ema = WeightEMA(model, decay=0.9)
+        model.bias.fill_(0.0)
+    emas = [PartitionedEMA(model, 0.9, rank, 2) for rank in range(2)]
     with torch.no_grad():
-        model.weight.fill_(1.0)
-    ema.update(model)
-    ema.update(model)
-    assert torch.allclose(ema.shadow["weight"], torch.full((1, 2), 1 - 0.9 ** 2))
-    assert ema.shadow["weight"].dtype == torch.float32 and set(ema.shadow) == {"weight", "bias"}
+        model.weight.copy_(torch.arange(15.0).view(5, 3))
+        model.bias.fill_(1.0)
+    for ema in emas:
+        ema.update()
+        ema.update()
+        ema.save(tmp_path)
+    assert sorted(p.name for p in (tmp_path / EMA_DIR).iterdir()) == ["meta.json", "rank0.safetensors", "rank1.safetensors"]
+    assert emas[0].shadow["weight"].numel() == 8 and emas[1].shadow["weight"].numel() == 7  # each rank a half
+    full = EMAReader(tmp_path).get("weight")
+    assert torch.allclose(full, torch.arange(15.0).view(5, 3) * (1 - 0.9 ** 2)) and full.dtype == torch.float32
+    emas[1].load(tmp_path)

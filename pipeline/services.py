@@ -1,4 +1,4 @@
-"""Starting Ray and MLflow the same way in every job: embedded locally, or the cluster's."""
+"""The services every job uses, started the same way: Ray (embedded locally, or the cluster's), MLflow, timers."""
 
 from __future__ import annotations
 
@@ -29,12 +29,28 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, progress: 
         secure_ray_environment(target)
         kwargs = {"address": target, "logging_level": logging.WARNING, "log_to_driver": True}
         if target == "local":
-            kwargs.update(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1")
+            # Ray's own helpers inside the cluster (Ray Train's placement-group cleaner, the State API) find
+            # the cluster by $RAY_ADDRESS, else by the last `ray start` on the host, which may be another
+            # cluster or a dead one: pin the GCS port and tell every worker of this job where it is. The
+            # dashboard (on 127.0.0.1, token auth) serves the State API that the cleaner polls; without
+            # it the cleaner warns every second and Ray Train waits 12 s for it at the end of every fit.
+            port = free_port()
+            os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+            kwargs.update(num_cpus=num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
+                          _node_ip_address="127.0.0.1", runtime_env={"env_vars": {"RAY_ADDRESS": f"127.0.0.1:{port}"}})
         ray.init(**kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.print_on_execution_start = False
     return target
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def tracking_uri(explicit: str | None = None) -> str:
@@ -64,26 +80,6 @@ def mlflow_experiment(name: str, uri: str | None = None) -> str:
         root = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else Path(uri.removeprefix("file:"))
         artifact_location = (root / "mlartifacts" / name).resolve().as_uri()
     return mlflow.create_experiment(name, artifact_location=artifact_location)
-
-
-def register_version(client, name: str, source: str, run_id: str, tags: dict[str, str], alias: str = "",
-                     description: str = "") -> dict[str, str]:
-    """A registry version of ``source`` (an artefact URI of run ``run_id``) with its card as tags, and the alias.
-
-    A rerun that registers the same MLflow run again gets its version back, not a second one.
-    Returns {"registered": models:/name/N, "alias": models:/name@alias or ""}.
-    """
-    import mlflow
-
-    try:
-        client.get_registered_model(name)
-    except mlflow.exceptions.MlflowException:
-        client.create_registered_model(name, description=description)
-    same = [v for v in client.search_model_versions(f"run_id = '{run_id}'") if v.name == name]
-    mv = same[0] if same else client.create_model_version(name, source=source, run_id=run_id, tags=tags)
-    if alias:
-        client.set_registered_model_alias(name, alias, mv.version)
-    return {"registered": f"models:/{name}/{mv.version}", "alias": f"models:/{name}@{alias}" if alias else ""}
 
 
 def machine_cpu_seconds() -> float | None:

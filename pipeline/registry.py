@@ -1,0 +1,205 @@
+"""The one registry module: every stage that hands a model to the next goes through here.
+
+- ``resolve``: ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` to a version, against
+  an explicit tracking URI (never MLflow's global one).
+- ``download``: a version's artefacts, once, into a local cache folder named by name and
+  version (reused by every later call; written under a temporary name and renamed, so a
+  killed download is never taken for a complete one).
+- ``load_model``: rebuild the model from its card (``family`` and ``config``) and load its
+  weights: safetensors (sharded or not), or an older ``model.pt`` with ``weights_only=True``.
+- ``check_card``: a consumer states what it needs (sample rate, hop length, codebook size,
+  vocabulary version, ...); a mismatch stops it before any work, naming the field.
+- ``register_version``: a version with its card as tags and an alias; registering the same
+  MLflow run again returns its version instead of a second one.
+- ``lineage_tags``: what a run came from (shard manifest, model versions, code caches,
+  vocabulary version) as flat ``lineage.*`` tags.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import ConfigError
+
+CARD_FILE = "card.json"
+LEGACY_WEIGHTS = "model.pt"
+
+
+class RegistryError(ConfigError):
+    """A model that is missing, or whose card does not fit its consumer: stops a job before work starts."""
+
+
+@dataclass
+class RegisteredModel:
+    name: str
+    version: str
+    run_id: str
+    folder: Path  # local copy of the version's artefacts
+    card: dict[str, Any]
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def client(tracking_uri: str | None = None):
+    import mlflow
+
+    from pipeline.services import tracking_uri as resolve_uri
+
+    return mlflow.MlflowClient(tracking_uri=resolve_uri(tracking_uri), registry_uri=resolve_uri(tracking_uri))
+
+
+def parse_uri(uri: str) -> tuple[str, str, str]:
+    """(name, alias, version): ``models:/name@alias`` or ``models:/name/3`` (the ``models:/`` is optional)."""
+    ref = uri.removeprefix("models:/")
+    name, _, alias = ref.partition("@")
+    version = ""
+    if not alias:
+        name, _, version = ref.partition("/")
+        if not version.isdigit():
+            raise RegistryError(f"{uri!r} is not models:/<name>@<alias> or models:/<name>/<version>")
+    if not name:
+        raise RegistryError(f"{uri!r} names no model")
+    return name, alias, version
+
+
+def resolve(uri: str, tracking_uri: str | None = None):
+    """The ``ModelVersion`` that ``uri`` names; a missing model, alias or version is a ``RegistryError``."""
+    c = client(tracking_uri)
+    name, alias, version = parse_uri(uri)
+    try:
+        return c.get_model_version_by_alias(name, alias) if alias else c.get_model_version(name, version)
+    except Exception as exc:  # noqa: BLE001 - MLflow raises its own types per store
+        raise RegistryError(f"{uri} is not in the registry at {c.tracking_uri}: {str(exc).splitlines()[0][:300]}") from None
+
+
+def download(uri: str, cache: str | Path | None = None, tracking_uri: str | None = None) -> RegisteredModel:
+    """The version ``uri`` names, downloaded once into ``cache`` (default ``runs/registry``)."""
+    import mlflow
+
+    from pipeline.services import RUNS_DIR
+
+    mv = resolve(uri, tracking_uri)
+    c = client(tracking_uri)
+    root = Path(cache or RUNS_DIR / "registry").expanduser().resolve()
+    folder = root / f"{mv.name}-v{mv.version}"
+    if not folder.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root, prefix=".partial-") as tmp:
+            # the version's own artefact location, through this client (mlflow.artifacts with a models:/ URI
+            # would resolve it against MLflow's global registry URI, not this one)
+            source = c.get_model_version_download_uri(mv.name, mv.version)
+            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=c.tracking_uri))
+            shutil.move(str(got), folder)
+    card_file = folder / CARD_FILE
+    card = json.loads(card_file.read_text()) if card_file.exists() else {k: _untag(v) for k, v in (mv.tags or {}).items()}
+    return RegisteredModel(mv.name, str(mv.version), mv.run_id or "", folder, card)
+
+
+def _untag(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def check_card(card: dict[str, Any], needs: dict[str, Any], what: str) -> None:
+    """Every field in ``needs`` must be in ``card`` with that value; else a ``RegistryError`` naming it."""
+    for key, want in needs.items():
+        if key not in card:
+            raise RegistryError(f"{what}: its card has no {key!r}; this job needs {key} = {want!r}")
+        got = card[key]
+        if str(got) != str(want):
+            raise RegistryError(f"{what}: {key} is {got!r}, this job needs {want!r}")
+
+
+# ---------------------------------------------------------------- weights and models
+
+def load_state_dict(folder: str | Path) -> dict:
+    """The weights of a downloaded version: safetensors (no pickle), or a legacy ``model.pt`` loaded weights-only."""
+    import torch
+
+    from pipeline.train.weights import INDEX_FILE, SINGLE_FILE, load_safetensors
+
+    folder = Path(folder)
+    if (folder / SINGLE_FILE).exists() or (folder / INDEX_FILE).exists():
+        return load_safetensors(folder)
+    if (folder / LEGACY_WEIGHTS).exists():
+        return torch.load(folder / LEGACY_WEIGHTS, map_location="cpu", weights_only=True)
+    raise RegistryError(f"no weights in {folder} (expected {SINGLE_FILE}, {INDEX_FILE} or {LEGACY_WEIGHTS})")
+
+
+def _vqvae(card: dict[str, Any]):
+    from models.vqvae import VQVAE, VQVAEConfig
+
+    config = dict(card["config"])
+    config["downs_t"] = tuple(config["downs_t"])
+    config["stft_settings"] = tuple(tuple(s) for s in config["stft_settings"])
+    return VQVAE(VQVAEConfig(**config))
+
+
+# family (the card's "family") -> builder from the card; the priors add theirs here
+BUILDERS: dict[str, Callable[[dict[str, Any]], Any]] = {"vqvae": _vqvae}
+
+
+def build_model(card: dict[str, Any], meta: bool = False):
+    """The model a card describes, with fresh weights (or none at all, on the meta device)."""
+    import torch
+
+    family = card.get("family")
+    if family not in BUILDERS:
+        raise RegistryError(f"no builder for model family {family!r} (known: {sorted(BUILDERS)})")
+    if meta:
+        with torch.device("meta"):
+            return BUILDERS[family](card)
+    return BUILDERS[family](card)
+
+
+def load_model(uri: str, tracking_uri: str | None = None, needs: dict[str, Any] | None = None,
+               cache: str | Path | None = None):
+    """(model in eval mode, ``RegisteredModel``) for ``uri``, its card checked against ``needs`` first."""
+    reg = download(uri, cache, tracking_uri)
+    if needs:
+        check_card(reg.card, needs, f"{uri} (version {reg.version})")
+    model = build_model(reg.card)
+    model.load_state_dict(load_state_dict(reg.folder))
+    return model.eval(), reg
+
+
+# ---------------------------------------------------------------- registering
+
+def card_tags(card: dict[str, Any]) -> dict[str, str]:
+    """Scalars as they are; nested parts (config, lineage) as JSON (MLflow tags are strings)."""
+    return {k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list, tuple)) else str(v))[:5000] for k, v in card.items()}
+
+
+def lineage_tags(lineage: dict[str, Any]) -> dict[str, str]:
+    """``lineage.<key>`` tags: shard manifest, upstream model versions, code caches, vocabulary version."""
+    return {f"lineage.{k}": str(v)[:5000] for k, v in lineage.items() if v not in (None, "")}
+
+
+def register_version(c, name: str, source: str, run_id: str, tags: dict[str, str], alias: str = "",
+                     description: str = "") -> dict[str, str]:
+    """A registry version of ``source`` (an artefact URI of run ``run_id``) with its card as tags, and the alias.
+
+    A rerun that registers the same MLflow run again gets its version back, not a second one.
+    Returns {"registered": models:/name/N, "alias": models:/name@alias or ""}.
+    """
+    import mlflow
+
+    try:
+        c.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        c.create_registered_model(name, description=description)
+    same = [v for v in c.search_model_versions(f"run_id = '{run_id}'") if v.name == name]
+    mv = same[0] if same else c.create_model_version(name, source=source, run_id=run_id, tags=tags)
+    if alias:
+        c.set_registered_model_alias(name, alias, mv.version)
+    return {"registered": f"models:/{name}/{mv.version}", "alias": f"models:/{name}@{alias}" if alias else ""}

@@ -26,7 +26,7 @@ from bench.common import REALDATA, save  # noqa: E402
 from pipeline.align import build_aligner  # noqa: E402
 from pipeline.align.dtw import TTSDTWAligner, TTSDTWOptions  # noqa: E402
 from pipeline.align.evaluate import SUMMARY_HEADER, load_songs, score, summary_rows  # noqa: E402
-from pipeline.preprocess.report import format_table  # noqa: E402
+from pipeline.tables import format_table  # noqa: E402
 
 GRID = {"n_mfcc": (8, 10, 12), "features": ("vocals", "mix"), "fill": (0.7, 0.9)}
 

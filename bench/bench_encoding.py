@@ -19,8 +19,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import REALDATA, save  # noqa: E402
 from pipeline import audio as audio_io  # noqa: E402
-from pipeline import shards  # noqa: E402
-from pipeline.preprocess.report import format_table  # noqa: E402
+from pipeline.data import shards  # noqa: E402
+from pipeline.tables import format_table  # noqa: E402
 
 CANDIDATES = [("pcm16", "none", 4), ("pcm16", "zstd", 4), ("flac", "none", 4), ("flac", "none", 1), ("flac", "none", 16)]
 

@@ -26,12 +26,12 @@ import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import REALDATA, save  # noqa: E402
-from pipeline import shards  # noqa: E402
+from pipeline.data import shards  # noqa: E402
 from pipeline.preprocess.config import PreprocessConfig  # noqa: E402
 from pipeline.preprocess.ingest import list_inputs  # noqa: E402
-from pipeline.preprocess.report import format_table  # noqa: E402
 from pipeline.preprocess.run import run_preprocess  # noqa: E402
 from pipeline.preprocess.stages import AlignStage, DecodeStage, IngestStage, SeparateStage  # noqa: E402
+from pipeline.tables import format_table  # noqa: E402
 
 STAGES = (("ingest", IngestStage), ("decode", DecodeStage), ("separate", SeparateStage), ("align", AlignStage))
 

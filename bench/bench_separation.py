@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import save  # noqa: E402
-from pipeline.preprocess.report import format_table  # noqa: E402
 from pipeline.separate.evaluate import evaluate  # noqa: E402
+from pipeline.tables import format_table  # noqa: E402
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import save  # noqa: E402
-from pipeline.preprocess.report import format_table  # noqa: E402
+from pipeline.tables import format_table  # noqa: E402
 from pipeline.train.runtime import DataSource, TrainingTask  # noqa: E402
 
 MEMORY_KEYS = ("mem_params_mb", "mem_optimizer_mb", "mem_grads_mb", "mem_rss_peak_mb")

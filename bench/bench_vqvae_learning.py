@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from bench.common import REALDATA, save  # noqa: E402
 from models.losses import spectral_convergence_db  # noqa: E402
 from models.vqvae import VQVAE, VQVAEConfig  # noqa: E402
-from pipeline.preprocess.report import format_table  # noqa: E402
+from pipeline.tables import format_table  # noqa: E402
 
 EVAL_STREAM = 2 ** 31  # crops drawn from the held-out span only
 
@@ -56,7 +56,7 @@ def steps_for_budget(shards: Path, seconds: float, trials: int = 4) -> tuple[int
     and batch on the same threads, plus 20 %: what a step through the runtime (Ray Train worker,
     DeepSpeed engine, MLflow logs) measured above the bare model here."""
     from models.losses import LossScales, vqvae_loss
-    from pipeline.train.windows import WindowSampler
+    from pipeline.data.audio_windows import WindowSampler
 
     torch.set_num_threads(2)
     cfg = VQVAEConfig(level=0, width=32, depth=4)
@@ -76,7 +76,7 @@ def steps_for_budget(shards: Path, seconds: float, trials: int = 4) -> tuple[int
 
 
 def evaluate(state: dict, cfg: VQVAEConfig, shards: Path, holdout: float, crops: int, length: int) -> dict:
-    from pipeline.train.windows import WindowSampler
+    from pipeline.data.audio_windows import WindowSampler
 
     model = VQVAE(cfg)
     model.load_state_dict(state)

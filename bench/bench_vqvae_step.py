@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from bench.common import REALDATA, save  # noqa: E402
 from models.losses import LossScales, mean_spectral_norm, vqvae_loss  # noqa: E402
 from models.vqvae import VQVAE, VQVAEConfig  # noqa: E402
-from pipeline.preprocess.report import format_table  # noqa: E402
+from pipeline.tables import format_table  # noqa: E402
 
 
 def real_batches(n: int, batch: int, length: int, seed: int = 0) -> list[torch.Tensor]:

@@ -180,19 +180,3 @@ def build_aligner(name: str, ctc_model: str = "", min_language_probability: floa
         chain.append(CTCAligner(ctc_model, device=device))
     chain += [TTSDTWAligner(), VocalActivityAligner(), LinearAligner()]
     return FallbackAligner(chain, min_language_probability)
-
-
-def lyrics_window(lyrics: str, char_onsets: np.ndarray, start_s: float, end_s: float, n_chars: int = 512) -> str:
-    """The ``n_chars`` characters a training window [start_s, end_s) conditions on.
-
-    As in the paper: the window is centred on the characters sung inside the audio window
-    (their onsets fall in it), padded with the characters just before and after so the
-    model always sees ``n_chars`` of context when the song has that many.
-    """
-    if not lyrics:
-        return ""
-    first = int(np.searchsorted(char_onsets, start_s, side="left"))
-    last = int(np.searchsorted(char_onsets, end_s, side="left"))
-    centre = (first + last) // 2
-    lo = max(0, min(centre - n_chars // 2, len(lyrics) - n_chars))
-    return lyrics[lo:lo + n_chars]

@@ -23,10 +23,10 @@ import numpy as np
 
 from pipeline.align import Aligner, AlignInput, build_aligner
 from pipeline.audio import decode
-from pipeline.preprocess.ingest import read_lyrics
-from pipeline.preprocess.report import format_table
+from pipeline.data.lyrics import read_lyrics
 from pipeline.separate import build_separator
 from pipeline.separate.activity import detect_vocal_activity
+from pipeline.tables import format_table
 
 
 def word_onset_metrics(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:

@@ -23,10 +23,10 @@ import pyarrow.parquet as pq
 
 from pipeline.audio import SUPPORTED_EXTENSIONS
 from pipeline.config import ConfigError
+from pipeline.data.lyrics import LYRICS_FILE_EXTENSIONS, normalise_lyrics, read_lyrics  # noqa: F401 (re-exported)
 
 SIDECAR_EXTENSIONS = {".json", ".txt", ".lrc", ".csv", ".jsonl", ".parquet", ".md", ".yaml", ".yml"}
 PATH_KEYS, GENRE_KEYS = ("path", "uri", "audio", "file"), ("genre", "genres")
-LYRICS_FILE_EXTENSIONS = (".txt", ".lrc")
 
 
 def base_record(source: str, **meta: Any) -> dict[str, Any]:
@@ -48,13 +48,6 @@ def base_record(source: str, **meta: Any) -> dict[str, Any]:
 
 def normalise_text(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", text).split())
-
-
-def normalise_lyrics(text: str) -> str:
-    """NFC, unified newlines, no trailing spaces, at most one blank line between paragraphs."""
-    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n").replace("\t", " ")
-    lines = [" ".join(line.split()) for line in text.split("\n")]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
 def genre_words(value: Any, max_words: int) -> list[str]:
@@ -157,21 +150,6 @@ def content_hash(source: str, chunk: int) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def read_lyrics(ref: str) -> str:
-    """Lyrics text from a manifest value: a .txt path, or the text itself."""
-    if ref.lower().endswith(LYRICS_FILE_EXTENSIONS) and "\n" not in ref:
-        p = Path(ref)
-        if not p.exists():
-            raise FileNotFoundError(f"lyrics file not found: {ref}")
-        raw = p.read_bytes()
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            text = raw.decode("cp1252", errors="replace")  # legacy Windows lyrics files
-        return normalise_lyrics(text)
-    return normalise_lyrics(ref)
 
 
 def ingest_row(row: dict[str, Any], hash_chunk_bytes: int) -> dict[str, Any]:

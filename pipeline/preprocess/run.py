@@ -28,14 +28,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import shards
 from pipeline.config import ConfigError, flatten
+from pipeline.data import shards
+from pipeline.data.vocab import update_vocab
 from pipeline.preprocess.config import PreprocessConfig
 from pipeline.preprocess.ingest import list_inputs
-from pipeline.preprocess.report import format_table, write_report
+from pipeline.preprocess.report import write_report
 from pipeline.preprocess.stages import PIPELINE, IngestStage, Stage
-from pipeline.preprocess.vocab import update_vocab
 from pipeline.separate.choose import choose_separator, preflight
+from pipeline.tables import format_table
 
 
 class OutputLock:

@@ -95,7 +95,7 @@ def main() -> None:
         args.json.write_text(json.dumps(rows))
         return
     rows = evaluate(args.model, args.songs, args.seconds)
-    from pipeline.preprocess.report import format_table
+    from pipeline.tables import format_table
 
     table = [[r["song"], r["separator"], round(r["si_sdr_db"], 2), round(r["mixture_floor_db"], 2),
               round(r["si_sdr_db"] - r["mixture_floor_db"], 2), round(r["audio_s"] / r["cpu_s"], 1)] for r in rows]

@@ -81,7 +81,7 @@ class TrainVQVAEConfig:
 
 
 def check_shards(cfg: TrainVQVAEConfig) -> None:
-    from pipeline.shards import ShardReader
+    from pipeline.data.shards import ShardReader
 
     if not cfg.shards:
         raise ConfigError("--shards is required: the output folder of jobs/preprocess.py")
@@ -98,11 +98,11 @@ def check_shards(cfg: TrainVQVAEConfig) -> None:
 def train_vqvae(cfg: TrainVQVAEConfig) -> dict:
     import time
 
+    from pipeline.data.audio_windows import WindowSampler
     from pipeline.services import init_ray, tracking_uri
     from pipeline.train.run import train_and_register
     from pipeline.train.runtime import TrainSpec
     from pipeline.train.vqvae_task import VQVAETask, estimate_loss_scales
-    from pipeline.train.windows import WindowSampler
 
     job_started = time.time()
     cfg.validate()

@@ -14,8 +14,8 @@ import torch
 from models.losses import LossScales, mean_spectral_norm, spectral_convergence_db, vqvae_loss
 from models.vqvae import LEVELS, VQVAE, VQVAEConfig
 from pipeline.audio import TARGET_SAMPLE_RATE
+from pipeline.data.audio_windows import WindowSampler
 from pipeline.train.runtime import DataSource, TrainingTask
-from pipeline.train.windows import WindowSampler
 
 SCALES_STREAM = 2 ** 32 - 1  # a window stream no training step draws from
 MEDIA_STREAM = 2 ** 32 - 2

@@ -19,8 +19,8 @@ import pytest
 from corpus import make_broken_corpus, write_jamendo_manifest
 from processes import all_loopback, listening_addresses
 
-from pipeline import shards
 from pipeline.audio import decode
+from pipeline.data import shards
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]

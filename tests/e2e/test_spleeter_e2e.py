@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from corpus import write_jamendo_manifest
 
-from pipeline import shards
 from pipeline.audio import decode
+from pipeline.data import shards
 
 pytestmark = [pytest.mark.e2e, pytest.mark.spleeter]
 ROOT = Path(__file__).resolve().parents[2]

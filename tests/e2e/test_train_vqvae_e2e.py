@@ -86,8 +86,8 @@ def test_worker_failure_and_new_job_both_resume_to_the_uninterrupted_weights(sha
     history = mlflow.MlflowClient(tracking_uri=mlflow_db).get_metric_history(straight["mlflow_run_id"], "loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
     # and it learned: the fixed eval windows reconstruct better than through an untrained model
+    from pipeline.data.audio_windows import WindowSampler
     from pipeline.train.vqvae_task import VQVAETask, estimate_loss_scales
-    from pipeline.train.windows import WindowSampler
 
     task = VQVAETask(TINY["bottom"], str(shards), 8192, estimate_loss_scales(WindowSampler(shards, 8192), TINY["bottom"]))
     assert _history(mlflow_db, straight["mlflow_run_id"], "eval_loss")[-1] < 0.9 * _untrained_eval_loss(task)
@@ -114,8 +114,8 @@ def _untrained_eval_loss(task) -> float:
 def test_a_level_trains_registers_and_logs(shards, mlflow_db, tmp_path, level, stage, learns):
     import mlflow
 
+    from pipeline.data.audio_windows import WindowSampler
     from pipeline.train.vqvae_task import VQVAETask, estimate_loss_scales
-    from pipeline.train.windows import WindowSampler
 
     cfg = _config(shards, mlflow_db, tmp_path, level=level, zero_stage=stage, total_steps=12, every=6, log_every=3, media_every=6)
     summary = train_vqvae(cfg)

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from pipeline.align import AlignInput, LinearAligner, VocalActivityAligner, build_aligner, lyrics_window, word_starts
+from pipeline.align import AlignInput, LinearAligner, VocalActivityAligner, build_aligner, word_starts
+from pipeline.data.lyrics_windows import lyrics_window
 from pipeline.separate.activity import VocalActivity
 
 LYRICS = "Ça va? Ñandú — «déjà vu»\n日本語の歌詞 ... !!!\n\nSchön, ĳ!"

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from pipeline import audio as audio_io
-from pipeline import shards
+from pipeline.data import shards
 
 
 def _row(song_id, samples, status="ok"):

@@ -1,4 +1,4 @@
-from pipeline.preprocess.vocab import artist_id, genre_ids, update_vocab
+from pipeline.data.vocab import artist_id, genre_ids, update_vocab
 
 
 def test_ids_are_append_only_and_rare_names_are_unknown(tmp_path):

@@ -3,7 +3,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.align.windows import LyricsWindowConfig, LyricsWindows
+from pipeline.data.lyrics_windows import LyricsWindowConfig, LyricsWindows
 
 SR = 44100
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.shards import ShardReader
+from pipeline.data.shards import ShardReader
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pipeline.shards import ShardReader
-from pipeline.train.windows import WindowSampler
+from pipeline.data.audio_windows import WindowSampler
+from pipeline.data.shards import ShardReader
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,9 @@ and the time from job start to the first step.
    of at least --params parameters, 2 Ray Train workers x 1 thread on this machine, batch 1 x 32
    tokens, fp32, AdamW, 3 steps through the real runtime (checkpoint and streamed safetensors
    export included). Rank 0 reports what it holds of the model state (parameters, optimizer
-   tensors, gradients) and its peak RSS; from the measured bytes per parameter and the fixed
-   overhead, the largest model each stage could train on this machine's memory.
+   tensors, gradients) and its peak RSS; from the measured bytes per parameter and the rest of
+   the peak taken as fixed, an upper bound on the largest model each stage could train here
+   (on the CPU DeepSpeed's buffers grow with the model too: see the README for the fit of two sizes).
 2. Start-up: the tiny bottom VQ-VAE through `python jobs/train_vqvae.py` (embedded Ray, 1
    worker): seconds from the job's start to the end of its first step, and where they go.
 """
@@ -41,7 +42,7 @@ from pipeline.tables import format_table  # noqa: E402
 from pipeline.train.runtime import DataSource, TrainingTask  # noqa: E402
 
 MEMORY_KEYS = ("mem_params_mb", "mem_optimizer_mb", "mem_grads_mb", "mem_rss_peak_mb")
-STAGES = (("ZeRO-0", 0, False), ("ZeRO-2", 2, False), ("ZeRO-3", 3, False), ("ZeRO-3 + offload", 3, True))
+STAGES = {"0": ("ZeRO-0", 0, False), "2": ("ZeRO-2", 2, False), "3": ("ZeRO-3", 3, False), "3o": ("ZeRO-3 + offload", 3, True)}
 VOCAB, SEQ = 256, 32
 
 
@@ -118,10 +119,16 @@ def memory_run(work: Path, name: str, stage: int, offload: bool, task: BlockStac
     rt = from_dict(RuntimeConfig, {"workers": 2, "cpus_per_worker": 1, "threads_per_worker": 1, "batch_size": 1, "zero_stage": stage,
                                    "offload": offload, "total_steps": steps, "log_every": 1, "data_cpus": 0.25})
     spec = TrainSpec(task, RandomTokens(), rt, from_dict(OptimConfig, {"lr": 1e-4, "warmup_steps": 1, "weight_decay": 0.01}),
-                     from_dict(CheckpointConfig, {"every": steps, "storage": str(work / "runs"), "run_name": f"mem-{stage}-{offload}"}),
+                     from_dict(CheckpointConfig, {"every": steps, "storage": str(work / "runs"),
+                                                  "run_name": f"mem-{stage}-{offload}-{time.time():.0f}"}),
                      Tracking(db, "bench-runtime"))
     started = time.time()
-    summary = train_and_register(spec)
+    try:
+        summary = train_and_register(spec)
+    except Exception as exc:  # noqa: BLE001 - a configuration that does not fit is a result, not the end of the bench
+        shutil.rmtree(work / "runs", ignore_errors=True)
+        reason = "out of memory (Ray's memory monitor killed the workers)" if "memory" in str(exc).lower() else str(exc)[:300]
+        return {"config": name, "zero_stage": stage, "offload": offload, "failed": reason, "job_seconds": round(time.time() - started, 1)}
     client = mlflow.MlflowClient(tracking_uri=db)
 
     def series(key: str) -> list[float]:
@@ -175,6 +182,9 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=2048)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--only", choices=("memory", "startup"), default=None)
+    ap.add_argument("--stages", default="0,2,3,3o", help="which of 0, 2, 3, 3o (3 + offload)")
+    ap.add_argument("--tag", default="", help="suffix of the results file (bench/results/train_runtime<tag>.json)")
+    ap.add_argument("--one-stage", default="", help=argparse.SUPPRESS)  # internal: one configuration in this process
     ap.add_argument("--startup-repeats", type=int, default=3)
     ap.add_argument("--ram-gb", type=float, default=22.0, help="memory the two ranks may use together (this machine: 24 GB)")
     ap.add_argument("--work", default="")
@@ -186,27 +196,39 @@ def main() -> None:
         result["startup"] = startup_runs(work, args.startup_repeats)
         result["startup_median_first_step_s"] = statistics.median(r["startup_s"] for r in result["startup"])
     if args.only in (None, "memory"):
-        from pipeline.services import init_ray
+        if args.one_stage:
+            from pipeline.services import init_ray
 
-        init_ray(None, 4, progress=False)
+            init_ray(None, 4, progress=False)
         depth = math.ceil(args.params / block_params(args.width))
         task = BlockStackTask(args.width, depth, 16)
         params = sum(p.numel() for p in BlockStack(args.width, 1, 16).parameters()) + (depth - 1) * block_params(args.width)
+        if args.one_stage:
+            print("RESULT " + json.dumps(memory_run(work, *STAGES[args.one_stage], task, args.steps)), flush=True)
+            return
         runs = []
-        for name, stage, offload in STAGES:
-            runs.append(memory_run(work, name, stage, offload, task, args.steps))
+        for key in args.stages.split(","):
+            # each configuration in a fresh process (and embedded Ray): a run that ran out of memory can leave
+            # worker processes behind in its Ray session, which would starve the next configuration
+            proc = subprocess.run([sys.executable, __file__, "--only", "memory", "--one-stage", key, "--params", str(args.params),
+                                   "--width", str(args.width), "--steps", str(args.steps), "--work", str(work)],
+                                  capture_output=True, text=True, cwd=ROOT)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            runs.append(json.loads(lines[-1][7:]) if lines else {"config": STAGES[key][0], "zero_stage": STAGES[key][1],
+                                                                 "offload": STAGES[key][2], "failed": proc.stderr[-300:]})
             print(runs[-1], flush=True)
-        zero0 = next(r for r in runs if r["zero_stage"] == 0)
-        for r in runs:
-            r["model_state_vs_zero0"] = round(r["model_state_mb"] / zero0["model_state_mb"], 3)
+        done = [r for r in runs if "failed" not in r]
+        for r in done:
+            r["bytes_per_param"] = round(r["model_state_mb"] * 2 ** 20 / params, 2)
             r["largest_model_params_here"] = largest_model(r, params, args.ram_gb)
-        print(format_table(["config", "params MB", "optimizer MB", "grads MB", "model state MB", "x ZeRO-0", "peak RSS MB",
+        print(format_table(["config", "params MB", "optimizer MB", "grads MB", "model state MB", "B/param", "peak RSS MB",
                             "step s (last)", "largest model here"],
                            [[r["config"], r["mem_params_mb"], r["mem_optimizer_mb"], r["mem_grads_mb"], r["model_state_mb"],
-                             r["model_state_vs_zero0"], r["mem_rss_peak_mb"], r["step_seconds"][-1],
-                             f"{r['largest_model_params_here'] / 1e9:.2f} B"] for r in runs]))
+                             r["bytes_per_param"], r["mem_rss_peak_mb"], r["step_seconds"][-1],
+                             f"{r['largest_model_params_here'] / 1e9:.2f} B"] for r in done]
+                           + [[r["config"], "failed: " + r["failed"][:60], "", "", "", "", "", "", ""] for r in runs if "failed" in r]))
         result.update(memory=runs, params=params, model=f"{depth} blocks of width {args.width}, 16 heads, {SEQ} tokens x 1 per rank")
-    print(save("train_runtime", result))
+    print(save(f"train_runtime{args.tag}", result))
 
 
 if __name__ == "__main__":

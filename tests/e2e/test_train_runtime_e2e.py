@@ -77,8 +77,13 @@ def _export(checkpoint, out: Path, ema: bool = True) -> Path:
     return out
 
 
-def test_export_shards_above_the_size_with_an_index(db, tmp_path):
-    done = train_and_register(toy_spec(tmp_path, db, "shards", zero_stage=0, total_steps=2, register=""))
+def test_checkpoints_keep_the_last_and_milestones_and_export_shards_with_an_index(db, tmp_path):
+    import json
+
+    done = train_and_register(toy_spec(tmp_path, db, "shards", zero_stage=0, total_steps=5, register="",
+                                       ckpt_every=1, ckpt_keep_last=1, ckpt_milestone_every=2))
+    kept = sorted(json.loads(p.read_text())["step"] for p in (tmp_path / "runs" / "shards").glob("checkpoint_*/progress.json"))
+    assert kept == [2, 4, 5], kept  # milestones 2 and 4, and the newest; 1 and 3 deleted
     index = export_safetensors(Path(done["checkpoint"]), tmp_path / "out", max_shard_bytes=2048)
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert INDEX_FILE in files and len(files) > 3 and index["metadata"]["total_size"] == sum(

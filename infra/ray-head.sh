@@ -2,6 +2,7 @@
 # Start a Ray head node for this project and block; stop it with SIGTERM to this process
 # (never `ray stop` on a shared host: it kills every Ray process on the machine).
 #   RAY_PORT=6379 RAY_DASHBOARD_PORT=8265 RAY_NUM_CPUS=16 infra/ray-head.sh
+# (RAY_DASHBOARD_AGENT_PORT, default 52365: the job agent's port; another Ray on the host may hold the default)
 #
 # Secure by default (pipeline/ray_auth.py):
 # - Token auth is always on (RAY_AUTH_MODE=token). The token file is $RAY_AUTH_TOKEN_PATH,
@@ -25,6 +26,7 @@ if python -c "import sys; from pipeline.ray_auth import is_loopback; sys.exit(no
   export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0   # Ray's switch that keeps a loopback node address as given
 fi
 args=(--head --block --node-ip-address="$host" --port="${RAY_PORT:-6379}"
-      --dashboard-host="${RAY_DASHBOARD_HOST:-127.0.0.1}" --dashboard-port="${RAY_DASHBOARD_PORT:-8265}" --disable-usage-stats)
+      --dashboard-host="${RAY_DASHBOARD_HOST:-127.0.0.1}" --dashboard-port="${RAY_DASHBOARD_PORT:-8265}"
+      --dashboard-agent-listen-port="${RAY_DASHBOARD_AGENT_PORT:-52365}" --disable-usage-stats)
 [ -n "${RAY_NUM_CPUS:-}" ] && args+=(--num-cpus="$RAY_NUM_CPUS")
 exec ray start "${args[@]}"

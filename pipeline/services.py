@@ -39,6 +39,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, progress: 
             kwargs.update(num_cpus=num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
                           _node_ip_address="127.0.0.1", runtime_env={"env_vars": {"RAY_ADDRESS": f"127.0.0.1:{port}"}})
         ray.init(**kwargs)
+        os.environ.pop("RAY_GCS_SERVER_PORT", None)  # this cluster's GCS is up; a Ray started later must not take its port
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.print_on_execution_start = False

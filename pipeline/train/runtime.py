@@ -438,9 +438,10 @@ def _train_steps(spec: TrainSpec, engine, dtype, ema, stream, start: int, rank: 
                 reported.update(startup)
                 startup = {}
             host["data_wait_s"], t_log, last_log = 0.0, time.perf_counter(), done
-        if done % media_every == 0 or done == cfg.total_steps:
+        media_now = done % media_every == 0 or done == cfg.total_steps
+        if media_now:
             reported.update(_media(task, engine, rank, done, sink))
-        if sink is not None and log_now:
+        if sink is not None and (log_now or media_now):
             sink.add(done, {k: v for k, v in reported.items() if isinstance(v, (int, float)) and k != "step"})
         if save_now:  # checkpoint first; the logs follow in the background
             with tempfile.TemporaryDirectory() as tmp:

@@ -212,12 +212,15 @@ def test_same_files_run_under_ray_job_submit(tmp_path):
     port, dash = 6391, 8271
     token_file = tmp_path / "secrets" / "ray_token"  # made by ray-head.sh; never the user's ~/.ray
     # the cluster runs the project's environment: `python` in the entrypoint must be its python
-    venv_path = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # (and nothing of a Ray this test process may have started: the head is a cluster of its own)
+    parent = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    venv_path = {**parent, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     head_log = tmp_path / "head.log"
     with open(head_log, "w") as log:
         head = subprocess.Popen(["bash", str(ROOT / "infra" / "ray-head.sh")], stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True,
                                 env={**venv_path, "RAY_PORT": str(port), "RAY_DASHBOARD_PORT": str(dash), "RAY_NUM_CPUS": "4",
+                                     "RAY_DASHBOARD_AGENT_PORT": "52391",  # an embedded Ray of this process may hold 52365
                                      "RAY_AUTH_TOKEN_PATH": str(token_file)})
     api = f"http://127.0.0.1:{dash}"
     env = {**venv_path, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file), "RAY_API_SERVER_ADDRESS": api,

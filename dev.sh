@@ -44,7 +44,9 @@ setup() {
     rm -f .venv/.installed-* && touch "$stamp"
   fi
   # DeepSpeed JIT-compiles its CPU Adam (ZeRO-Offload) on first use, ~60 s on 2 cores: once here, not in a job or a test
-  ls "${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions}"/*/cpu_adam/*.so >/dev/null 2>&1 ||
+  # (cached under $TORCH_EXTENSIONS_DIR/cpu_adam, or ~/.cache/torch_extensions/<python>_<device>/cpu_adam)
+  extensions="${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions}"
+  compgen -G "$extensions/cpu_adam/*.so" >/dev/null || compgen -G "$extensions/*/cpu_adam/*.so" >/dev/null ||
     .venv/bin/python -c "from deepspeed.ops.op_builder import CPUAdamBuilder; CPUAdamBuilder().load(verbose=False)" >/dev/null
 }
 

@@ -36,7 +36,7 @@ class MetricsSink:
         self.dropped = self.failed_calls = self.sent = 0
         self.failing = False
         self.lock, self.wake, self.idle = threading.Lock(), threading.Event(), threading.Event()
-        self.stopping, self.stop = False, threading.Event()
+        self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="mlflow-sink", daemon=True)
         self.thread.start()
 
@@ -76,7 +76,6 @@ class MetricsSink:
     def close(self, timeout: float = 30.0) -> dict[str, int]:
         """Send what can be sent within ``timeout``; returns the counts (sent, dropped, still pending)."""
         self.flush(timeout)
-        self.stopping = True
         self.stop.set()
         self.wake.set()
         self.thread.join(5)
@@ -110,7 +109,7 @@ class MetricsSink:
 
     def _run(self) -> None:
         pause = 1.0
-        while not self.stopping:
+        while not self.stop.is_set():
             try:
                 while self._send_one():
                     pause, self.failing = 1.0, False

@@ -1,0 +1,32 @@
+"""Lyrics text as the pipeline stores it: read from a manifest value (a .txt/.lrc path or the
+text itself) and normalised the one way every reader and writer agrees on."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from pathlib import Path
+
+LYRICS_FILE_EXTENSIONS = (".txt", ".lrc")
+
+
+def normalise_lyrics(text: str) -> str:
+    """NFC, unified newlines, no trailing spaces, at most one blank line between paragraphs."""
+    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n").replace("\t", " ")
+    lines = [" ".join(line.split()) for line in text.split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def read_lyrics(ref: str) -> str:
+    """Lyrics text from a manifest value: a .txt path, or the text itself."""
+    if ref.lower().endswith(LYRICS_FILE_EXTENSIONS) and "\n" not in ref:
+        p = Path(ref)
+        if not p.exists():
+            raise FileNotFoundError(f"lyrics file not found: {ref}")
+        raw = p.read_bytes()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            text = raw.decode("cp1252", errors="replace")  # legacy Windows lyrics files
+        return normalise_lyrics(text)
+    return normalise_lyrics(ref)

@@ -43,11 +43,16 @@ setup() {
     .venv/bin/python -m pip install -q -e ".[dev]"
     rm -f .venv/.installed-* && touch "$stamp"
   fi
-  # DeepSpeed JIT-compiles its CPU Adam (ZeRO-Offload) on first use, ~60 s on 2 cores: once here, not in a job or a test
-  # (cached under $TORCH_EXTENSIONS_DIR/cpu_adam, or ~/.cache/torch_extensions/<python>_<device>/cpu_adam)
-  extensions="${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions}"
-  compgen -G "$extensions/cpu_adam/*.so" >/dev/null || compgen -G "$extensions/*/cpu_adam/*.so" >/dev/null ||
+  # DeepSpeed JIT-compiles its CPU Adam (ZeRO-Offload) and its shared-memory collectives (every CPU
+  # run) on first use, ~60 s each on 2 cores: once here, not in a job or a test. They live in this
+  # environment's own folder (pipeline/services.py use_venv_torch_extensions): in the shared
+  # default, two environments on one host rebuild each other's ops on every run.
+  export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.venv/torch_extensions}"
+  compgen -G "$TORCH_EXTENSIONS_DIR/cpu_adam/*.so" >/dev/null ||
     .venv/bin/python -c "from deepspeed.ops.op_builder import CPUAdamBuilder; CPUAdamBuilder().load(verbose=False)" >/dev/null
+  compgen -G "$TORCH_EXTENSIONS_DIR/deepspeed_shm_comm/*.so" >/dev/null ||
+    DS_ACCELERATOR=cpu .venv/bin/python -c "from deepspeed.accelerator import get_accelerator as a
+a().create_op_builder('ShareMemCommBuilder').load(verbose=False)" >/dev/null
 }
 
 # Spleeter pins TensorFlow 2.12, numpy<2 and pandas<2, which clash with torch/ray/mlflow:

@@ -39,7 +39,8 @@ import torch  # noqa: E402
 
 from bench.common import save  # noqa: E402
 from pipeline.tables import format_table  # noqa: E402
-from pipeline.train.runtime import DataSource, TrainingTask  # noqa: E402
+from pipeline.train.runtime import TrainingTask  # noqa: E402
+from pipeline.train.sources import DataSource  # noqa: E402
 
 MEMORY_KEYS = ("mem_params_mb", "mem_optimizer_mb", "mem_grads_mb", "mem_rss_peak_mb")
 STAGES = {"0": ("ZeRO-0", 0, False), "2": ("ZeRO-2", 2, False), "3": ("ZeRO-3", 3, False), "3o": ("ZeRO-3 + offload", 3, True)}
@@ -101,11 +102,55 @@ class BlockStackTask(TrainingTask):
         return {"family": "blockstack", "width": self.width, "depth": self.depth}
 
 
+UPSAMPLER_WINDOW = 256  # tokens per rank per step: the "short window" (the paper's: 8192)
+
+
+@dataclass
+class RandomUpsamplerCodes(DataSource):
+    bins: int = 2048
+
+    def load_batch(self, step, micro, rank, world, size):
+        rng = np.random.default_rng([step, micro, rank])
+        return {"codes": rng.integers(0, self.bins, (size, UPSAMPLER_WINDOW), dtype=np.int64),
+                "upper_codes": rng.integers(0, self.bins, (size, UPSAMPLER_WINDOW // 4), dtype=np.int64),
+                "artist": np.zeros(size, dtype=np.int64), "genres": np.zeros((size, 1), dtype=np.int64)}
+
+
+@dataclass
+class UpsamplerTask(TrainingTask):
+    """The paper's middle upsampler (``models.prior_configs.PAPER``), all of it or its first ``depth`` layers."""
+
+    depth: int = 72
+    name = "upsampler"
+
+    def config(self):
+        import dataclasses
+
+        from models.prior_configs import PAPER
+
+        base = PAPER["middle"]
+        return dataclasses.replace(base, transformer=dataclasses.replace(base.transformer, depth=self.depth))
+
+    def build_model(self):
+        from models.prior import Prior
+
+        return Prior(self.config())
+
+    def run_step(self, model, batch, log):
+        return getattr(model, "module", model).loss_from(model(batch), batch)
+
+    def card(self):
+        import dataclasses
+
+        return {"family": "prior", "config": dataclasses.asdict(self.config())}
+
+
 def block_params(width: int) -> int:
     return 12 * width * width + 13 * width  # qkv, proj, fc1, fc2 with biases, two LayerNorms
 
 
-def memory_run(work: Path, name: str, stage: int, offload: bool, task: BlockStackTask, steps: int) -> dict:
+def memory_run(work: Path, name: str, stage: int, offload: bool, task: TrainingTask, steps: int,
+               source: DataSource | None = None) -> dict:
     import mlflow
     import ray.cloudpickle
 
@@ -118,7 +163,7 @@ def memory_run(work: Path, name: str, stage: int, offload: bool, task: BlockStac
     db = f"sqlite:///{work / 'mlflow.db'}"
     rt = from_dict(RuntimeConfig, {"workers": 2, "cpus_per_worker": 1, "threads_per_worker": 1, "batch_size": 1, "zero_stage": stage,
                                    "offload": offload, "total_steps": steps, "log_every": 1, "data_cpus": 0.25})
-    spec = TrainSpec(task, RandomTokens(), rt, from_dict(OptimConfig, {"lr": 1e-4, "warmup_steps": 1, "weight_decay": 0.01}),
+    spec = TrainSpec(task, source or RandomTokens(), rt, from_dict(OptimConfig, {"lr": 1e-4, "warmup_steps": 1, "weight_decay": 0.01}),
                      from_dict(CheckpointConfig, {"every": steps, "storage": str(work / "runs"),
                                                   "run_name": f"mem-{stage}-{offload}-{time.time():.0f}"}),
                      Tracking(db, "bench-runtime"))
@@ -152,13 +197,20 @@ def largest_model(run: dict, params: int, ram_gb: float, workers: int = 2) -> in
     return int((ram_gb * 2 ** 30 / workers - fixed) / per_param)
 
 
-def startup_runs(work: Path, repeats: int) -> list[dict]:
+def startup_runs(work: Path, repeats: int, store: str) -> list[dict]:
+    """``store``: "new" (every run makes its MLflow sqlite store: a first run on a machine) or
+    "existing" (one store made beforehand, as every later run finds ./runs/mlflow.db)."""
     from bench.bench_vqvae_learning import real_shards
 
     shards = real_shards(work)
     runs = []
+    if store == "existing":
+        import mlflow
+
+        shared = f"sqlite:///{work / f'startup-existing-{time.time():.0f}.db'}"
+        mlflow.MlflowClient(tracking_uri=shared).search_experiments(max_results=1)  # its tables, before the timed runs
     for i in range(repeats):
-        db = f"sqlite:///{work / f'startup-{i}.db'}"
+        db = shared if store == "existing" else f"sqlite:///{work / f'startup-{i}-{time.time():.0f}.db'}"
         t0 = time.time()
         proc = subprocess.run([sys.executable, str(ROOT / "jobs" / "train_vqvae.py"), "--level", "bottom", "--preset", "tiny",
                                "--shards", str(shards), "--runtime.workers", "1", "--runtime.total_steps", "3", "--runtime.log_every", "1",
@@ -170,7 +222,7 @@ def startup_runs(work: Path, repeats: int) -> list[dict]:
 
         run_id = json.loads(proc.stdout[proc.stdout.index("{"):])["mlflow_run_id"]
         metrics = mlflow.MlflowClient(tracking_uri=db).get_run(run_id).data.metrics
-        runs.append({**{k: round(v, 1) for k, v in metrics.items() if k.startswith("startup")},
+        runs.append({"mlflow_store": store, **{k: round(v, 1) for k, v in metrics.items() if k.startswith("startup")},
                      "job_seconds": round(time.time() - t0, 1), "traceback_on_console": "Traceback" in proc.stdout + proc.stderr})
         print(runs[-1], flush=True)
     return runs
@@ -186,6 +238,9 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the results file (bench/results/train_runtime<tag>.json)")
     ap.add_argument("--one-stage", default="", help=argparse.SUPPRESS)  # internal: one configuration in this process
     ap.add_argument("--startup-repeats", type=int, default=3)
+    ap.add_argument("--model", choices=("blockstack", "upsampler"), default="blockstack",
+                    help="memory runs: a stack of transformer blocks, or the paper's middle upsampler (models/)")
+    ap.add_argument("--upsampler-depth", type=int, default=72, help="layers of the upsampler (the paper's: 72)")
     ap.add_argument("--ram-gb", type=float, default=22.0, help="memory the two ranks may use together (this machine: 24 GB)")
     ap.add_argument("--work", default="")
     args = ap.parse_args()
@@ -193,25 +248,36 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     result: dict = {"machine": f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2 ** 30:.0f} GB"}
     if args.only in (None, "startup"):
-        result["startup"] = startup_runs(work, args.startup_repeats)
-        result["startup_median_first_step_s"] = statistics.median(r["startup_s"] for r in result["startup"])
+        for store in ("new", "existing"):
+            runs = startup_runs(work, args.startup_repeats, store)
+            result.setdefault("startup", []).extend(runs)
+            result[f"startup_median_first_step_s_{store}_store"] = statistics.median(r["startup_s"] for r in runs)
     if args.only in (None, "memory"):
         if args.one_stage:
             from pipeline.services import init_ray
 
             init_ray(None, 4, progress=False)
-        depth = math.ceil(args.params / block_params(args.width))
-        task = BlockStackTask(args.width, depth, 16)
-        params = sum(p.numel() for p in BlockStack(args.width, 1, 16).parameters()) + (depth - 1) * block_params(args.width)
+        if args.model == "upsampler":
+            task, source = UpsamplerTask(args.upsampler_depth), RandomUpsamplerCodes()
+            with torch.device("meta"):
+                params = sum(p.numel() for p in task.build_model().parameters())
+            described = (f"the paper's middle upsampler, {args.upsampler_depth} of its 72 layers ({params / 981_298_176:.0%} of "
+                         f"981,298,176 parameters), windows of {UPSAMPLER_WINDOW} tokens x 1 per rank")
+        else:
+            depth = math.ceil(args.params / block_params(args.width))
+            task, source = BlockStackTask(args.width, depth, 16), RandomTokens()
+            params = sum(p.numel() for p in BlockStack(args.width, 1, 16).parameters()) + (depth - 1) * block_params(args.width)
+            described = f"{depth} blocks of width {args.width}, 16 heads, {SEQ} tokens x 1 per rank"
         if args.one_stage:
-            print("RESULT " + json.dumps(memory_run(work, *STAGES[args.one_stage], task, args.steps)), flush=True)
+            print("RESULT " + json.dumps(memory_run(work, *STAGES[args.one_stage], task, args.steps, source)), flush=True)
             return
         runs = []
         for key in args.stages.split(","):
             # each configuration in a fresh process (and embedded Ray): a run that ran out of memory can leave
             # worker processes behind in its Ray session, which would starve the next configuration
             proc = subprocess.run([sys.executable, __file__, "--only", "memory", "--one-stage", key, "--params", str(args.params),
-                                   "--width", str(args.width), "--steps", str(args.steps), "--work", str(work)],
+                                   "--width", str(args.width), "--steps", str(args.steps), "--work", str(work),
+                                   "--model", args.model, "--upsampler-depth", str(args.upsampler_depth)],
                                   capture_output=True, text=True, cwd=ROOT)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             runs.append(json.loads(lines[-1][7:]) if lines else {"config": STAGES[key][0], "zero_stage": STAGES[key][1],
@@ -227,7 +293,7 @@ def main() -> None:
                              r["bytes_per_param"], r["mem_rss_peak_mb"], r["step_seconds"][-1],
                              f"{r['largest_model_params_here'] / 1e9:.2f} B"] for r in done]
                            + [[r["config"], "failed: " + r["failed"][:60], "", "", "", "", "", "", ""] for r in runs if "failed" in r]))
-        result.update(memory=runs, params=params, model=f"{depth} blocks of width {args.width}, 16 heads, {SEQ} tokens x 1 per rank")
+        result.update(memory=runs, params=params, model=described)
     print(save(f"train_runtime{args.tag}", result))
 
 

@@ -61,11 +61,12 @@ LEVELS = ("bottom", "middle", "top")
 
 
 class ResidualStack(nn.Module):
-    """Non-causal dilated residual blocks: x + Conv1(ReLU(Conv3_d(ReLU(x)))), d = growth**i."""
+    """Non-causal dilated residual blocks: x + Conv1(ReLU(Conv3_d(ReLU(x)))), d = growth**(i % cycle)."""
 
-    def __init__(self, width: int, depth: int, growth: int, reverse: bool = False, checkpoint: bool = False):
+    def __init__(self, width: int, depth: int, growth: int, reverse: bool = False, checkpoint: bool = False,
+                 cycle: int | None = None):
         super().__init__()
-        dilations = [growth ** i for i in range(depth)]
+        dilations = [growth ** (i % (cycle or depth)) for i in range(depth)]
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.ReLU(), nn.Conv1d(width, width, 3, padding=d, dilation=d), nn.ReLU(), nn.Conv1d(width, width, 1))
             for d in (dilations[::-1] if reverse else dilations))

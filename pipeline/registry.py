@@ -89,7 +89,8 @@ def download(uri: str, cache: str | Path | None = None, tracking_uri: str | None
     mv = resolve(uri, tracking_uri)
     c = client(tracking_uri)
     root = Path(cache or RUNS_DIR / "registry").expanduser().resolve()
-    folder = root / f"{mv.name}-v{mv.version}"
+    # the run id too: another tracking store has its own "name version 1" (a different model)
+    folder = root / f"{mv.name}-v{mv.version}-{(mv.run_id or 'norun')[:12]}"
     if not folder.exists():
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=root, prefix=".partial-") as tmp:
@@ -145,8 +146,32 @@ def _vqvae(card: dict[str, Any]):
     return VQVAE(VQVAEConfig(**config))
 
 
-# family (the card's "family") -> builder from the card; the priors add theirs here
-BUILDERS: dict[str, Callable[[dict[str, Any]], Any]] = {"vqvae": _vqvae}
+def prior_config(config: dict[str, Any]):
+    """A ``PriorConfig`` from its ``dataclasses.asdict`` form (as a card stores it)."""
+    from models.conditioning import LyricsConfig, UpsamplerConfig
+    from models.prior import PriorConfig
+    from models.transformer import TransformerConfig
+
+    def transformer(d: dict[str, Any]) -> TransformerConfig:
+        return TransformerConfig(**{**d, "cross_layers": tuple(d.get("cross_layers", ()))})
+
+    config = dict(config)
+    config["transformer"] = transformer(config["transformer"])
+    if config.get("lyrics"):
+        config["lyrics"] = LyricsConfig(**{**config["lyrics"], "encoder": transformer(config["lyrics"]["encoder"])})
+    if config.get("upsampler"):
+        config["upsampler"] = UpsamplerConfig(**config["upsampler"])
+    return PriorConfig(**config)
+
+
+def _prior(card: dict[str, Any]):
+    from models.prior import Prior
+
+    return Prior(prior_config(card["config"]))
+
+
+# family (the card's "family") -> builder from the card
+BUILDERS: dict[str, Callable[[dict[str, Any]], Any]] = {"vqvae": _vqvae, "prior": _prior}
 
 
 def build_model(card: dict[str, Any], meta: bool = False):

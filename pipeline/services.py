@@ -36,14 +36,33 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, progress: 
             # it the cleaner warns every second and Ray Train waits 12 s for it at the end of every fit.
             port = free_port()
             os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+            # in the environment Ray's processes inherit (not a job runtime_env: workers Ray prestarts
+            # at init have none, and a job with one could not reuse them, ~1 s per actor)
+            os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+            # nothing preempts a laptop's Ray: no watcher actor (one process less to start per fit)
+            os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
             kwargs.update(num_cpus=num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
-                          _node_ip_address="127.0.0.1", runtime_env={"env_vars": {"RAY_ADDRESS": f"127.0.0.1:{port}"}})
-        ray.init(**kwargs)
+                          _node_ip_address="127.0.0.1")
+        try:
+            ray.init(**kwargs)
+        finally:
+            if target == "local":
+                os.environ.pop("RAY_ADDRESS", None)
         os.environ.pop("RAY_GCS_SERVER_PORT", None)  # this cluster's GCS is up; a Ray started later must not take its port
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.print_on_execution_start = False
     return target
+
+
+def use_venv_torch_extensions() -> str:
+    """DeepSpeed's JIT-built ops (CPU Adam, the shared-memory collectives) in this environment's own
+    folder: the default, ~/.cache/torch_extensions/<python>_<device>, is shared by every virtual
+    environment on the host, and ninja rebuilds an op (~60 s on 2 cores) whenever another one
+    built it last from its own sources. ``./dev.sh setup`` builds both ops there once."""
+    import sys
+
+    return os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
 
 
 def free_port() -> int:

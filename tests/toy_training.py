@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.train.runtime import DataSource, TrainingTask
+from pipeline.train.runtime import TrainingTask
+from pipeline.train.sources import DataSource
 
 DIM = 16
 

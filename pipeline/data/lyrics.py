@@ -30,3 +30,20 @@ def read_lyrics(ref: str) -> str:
             text = raw.decode("cp1252", errors="replace")  # legacy Windows lyrics files
         return normalise_lyrics(text)
     return normalise_lyrics(ref)
+
+
+# The characters a lyrics encoder reads (the original's vocabulary is the same size, 80): id 0 is
+# padding (a window shorter than the model's), id 1 any other character; accents are stripped
+# first (NFKD), so "café" reads as "cafe".
+LYRICS_ALPHABET = ("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                   " \n'\",.:;!?-()[]&")
+PAD, OTHER = 0, 1
+LYRICS_VOCAB_SIZE = len(LYRICS_ALPHABET) + 2
+_IDS = {c: i + 2 for i, c in enumerate(LYRICS_ALPHABET)}
+
+
+def lyrics_tokens(text: str, n_chars: int) -> list[int]:
+    """``n_chars`` ids for a window's text, left-padded with PAD (the text is at most n_chars long)."""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    ids = [_IDS.get(c, OTHER) for c in plain][-n_chars:] if n_chars else []
+    return [PAD] * (n_chars - len(ids)) + ids

@@ -29,6 +29,11 @@ def _latest(folder: Path) -> tuple[int, dict[str, Any] | None]:
     return versions[-1], json.loads((folder / f"vocab-v{versions[-1]}.json").read_text(encoding="utf-8"))
 
 
+def latest_vocab(folder: Path) -> tuple[int, dict[str, Any] | None]:
+    """(version, vocabulary) of the newest version in ``folder``; (0, None) when there is none."""
+    return _latest(Path(folder))
+
+
 def _grow(previous: dict[str, int], counts: Counter, min_count: int) -> dict[str, int]:
     ids = dict(previous) if previous else {UNKNOWN: 0}
     for name in sorted(counts, key=lambda n: (-counts[n], n)):  # frequent names first: stable, readable ids

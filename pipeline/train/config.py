@@ -44,7 +44,7 @@ class RuntimeConfig:
     log_every: int = field(10, "steps between metric logs: metrics are averaged over ranks and steps, and leave the device only then")
     media_every: int = field(0, "steps between audio/image logs (0 = at the end only)")
     data_cpus: float = field(0.5, "CPUs of each rank's data-loading actor (Ray Data)")
-    prefetch_batches: int = field(4, "micro-batches each rank's iterator loads ahead")
+    prefetch_batches: int = field(4, "micro-batches each rank's loader works ahead")
     seed: int = field(0, "everything random is a function of (seed, step, rank)")
     max_failures: int = field(1, "worker-group restarts from the last checkpoint")
     inject_fault: str = field("", "tests only: 'raise:N' (rank 0 raises once at step N) or 'nan:N' (rank 0's loss is NaN at step N)")

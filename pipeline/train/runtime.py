@@ -39,23 +39,13 @@ import numpy as np
 import torch
 
 from pipeline.train.config import CheckpointConfig, OptimConfig, RuntimeConfig
+from pipeline.train.sources import DataSource, RankStream  # noqa: F401 (DataSource: re-exported for tasks)
 from pipeline.train.weights import PartitionedEMA
 
 DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[2] / "infra" / "deepspeed"
 PROGRESS_FILE = "progress.json"  # rank 0's note in every checkpoint: its step
 NO_DECAY_MODULES = (torch.nn.Embedding, torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.RMSNorm,
                     torch.nn.modules.batchnorm._BatchNorm)
-
-
-class DataSource(ABC):
-    """What the loader actors run; picklable, and it holds no model."""
-
-    def open(self) -> None:
-        """Open readers, once per loader actor."""
-
-    @abstractmethod
-    def load_batch(self, step: int, micro: int, rank: int, world: int, size: int) -> dict[str, np.ndarray]:
-        """This rank's micro-batch of (step, micro): arrays with ``size`` rows; a pure function of the arguments."""
 
 
 class TrainingTask(ABC):
@@ -128,47 +118,6 @@ class RunOutcome:
         return self.facts
 
 
-# ---------------------------------------------------------------- data
-
-class MicroBatchLoader:
-    """Ray Data actor: one input row (a micro-batch index) -> that micro-batch's rows."""
-
-    def __init__(self, source: DataSource, rank: int, world: int, size: int, grad_accum: int, start: int):
-        torch.set_num_threads(1)
-        self.source, self.rank, self.world, self.size, self.grad_accum, self.start = source, rank, world, size, grad_accum, start
-        source.open()
-
-    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        index = int(rows["id"][0])
-        step, micro = self.start + index // self.grad_accum, index % self.grad_accum
-        out = dict(self.source.load_batch(step, micro, self.rank, self.world, self.size))
-        out["_step"] = np.full(self.size, step, dtype=np.int64)
-        out["_micro"] = np.full(self.size, micro, dtype=np.int64)
-        return out
-
-
-def rank_stream(source: DataSource, cfg: RuntimeConfig, rank: int, world: int, start: int):
-    """This rank's ordered stream of micro-batches from step ``start`` to the end, loaded by a Ray Data actor.
-
-    Built by the worker once it knows the step it resumes from, so a restarted or resumed
-    run reads nothing it already trained on. Per-rank streams with ``preserve_order`` (not one
-    dataset split by Ray Train, whose ``streaming_split`` hands blocks to whichever worker
-    asks first) keep a resumed run exactly equal to an uninterrupted one.
-    """
-    import ray.data
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    n = (cfg.total_steps - start) * cfg.grad_accum
-    ds = ray.data.range(n, override_num_blocks=max(1, min(n, 64))).map_batches(
-        MicroBatchLoader, fn_constructor_kwargs=dict(source=source, rank=rank, world=world, size=cfg.batch_size,
-                                                     grad_accum=cfg.grad_accum, start=start),
-        batch_size=1, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=cfg.data_cpus)
-    return iter(ds.iter_torch_batches(batch_size=cfg.batch_size, prefetch_batches=cfg.prefetch_batches, device="cpu"))
-
-
 # ---------------------------------------------------------------- optimiser
 
 def deepspeed_config(cfg: RuntimeConfig, optim: OptimConfig, world: int, device: str) -> dict:
@@ -194,14 +143,18 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: decay on weight matrices only; none on biases, norms, embeddings, or
     what the model names in ``no_weight_decay()``."""
     extra = set(getattr(model, "no_weight_decay", lambda: ())())
-    decay, no_decay = [], []
-    for module_name, module in model.named_modules():
+    params, decayed = {}, {}  # by id: a tied weight (an output layer sharing the embedding's) is one parameter
+    for module_name, module in model.named_modules(remove_duplicate=False):
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad:
                 continue
             full = f"{module_name}.{name}" if module_name else name
             ndim = len(getattr(p, "ds_shape", p.shape))  # ZeRO-3 partitioned parameters keep their shape here
-            (no_decay if ndim < 2 or isinstance(module, NO_DECAY_MODULES) or full in extra else decay).append(p)
+            wants = not (ndim < 2 or isinstance(module, NO_DECAY_MODULES) or full in extra)
+            params[id(p)] = p
+            decayed[id(p)] = decayed.get(id(p), True) and wants  # any owner that says no decay wins (an embedding)
+    decay = [p for i, p in params.items() if decayed[i]]
+    no_decay = [p for i, p in params.items() if not decayed[i]]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 
@@ -214,6 +167,11 @@ def build_optimizer(model: torch.nn.Module, optim: OptimConfig, offload: bool, d
 
         return DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs)
     return torch.optim.AdamW(groups, fused=device == "cuda", **kwargs)
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A batch array from the object store (read-only there) as a tensor."""
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
 def _seed(cfg: RuntimeConfig, step: int, rank: int) -> None:
@@ -310,6 +268,9 @@ def _media(task: TrainingTask, engine, rank: int, step: int, sink) -> dict[str, 
 # ---------------------------------------------------------------- the worker
 
 def build_engine(spec: TrainSpec, world: int, device: str):
+    from pipeline.services import use_venv_torch_extensions
+
+    use_venv_torch_extensions()  # before DeepSpeed loads an op (a worker on a cluster node too)
     import deepspeed
 
     cfg = spec.runtime
@@ -346,6 +307,8 @@ def train_loop(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()  # the one Ray restores: after a worker-group restart, or a resumed run
     folder = Path(restored.enter_context(checkpoint.as_directory())) if checkpoint else None
     start = json.loads((folder / PROGRESS_FILE).read_text())["step"] if folder else 0
+    # the loader actor starts now, in its own process, and loads while the engine is built
+    stream = RankStream(spec.source, cfg, rank, world, start) if start < cfg.total_steps else iter(())
     task.setup(torch.device(device))
     engine, dtype = build_engine(spec, world, device)
     startup["startup_engine_s"] = since_job()
@@ -357,9 +320,6 @@ def train_loop(config: dict) -> None:
         if ema is not None:
             ema.load(folder)
     restored.close()
-    # Not started in a background thread before the engine: two threads importing torch/DeepSpeed/Ray Data
-    # modules at once deadlocked on Python's import locks (seen), for ~4 s of overlap on 2 cores
-    stream = rank_stream(spec.source, cfg, rank, world, start) if start < cfg.total_steps else iter(())
     sink = None
     if rank == 0 and spec.mlflow_run_id:
         from pipeline.train.metrics_sink import MetricsSink
@@ -399,7 +359,7 @@ def _train_steps(spec: TrainSpec, engine, dtype, ema, stream, start: int, rank: 
             got = (int(batch.pop("_step")[0]), int(batch.pop("_micro")[0]))
             if got != (step, micro):  # the stream must be exactly the run's, or resuming would not be exact
                 raise RuntimeError(f"rank {rank}: data stream at {got}, training at {(step, micro)}")
-            batch = {k: v.to(engine.device, dtype if v.is_floating_point() else v.dtype) for k, v in batch.items()}
+            batch = {k: _tensor(v).to(engine.device, dtype if v.dtype.kind == "f" else None) for k, v in batch.items()}
             _seed(cfg, step * cfg.grad_accum + micro, rank)
             loss, metrics = task.run_step(engine, batch, log_now)
             if fault and fault[0] == "nan" and done == fault[1] and rank == 0:
@@ -481,6 +441,9 @@ def fit(spec: TrainSpec, name: str):
 
     cfg, ckpt = spec.runtime, spec.checkpoint
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if cfg.use_gpu else "cpu")
+    from pipeline.services import use_venv_torch_extensions
+
+    use_venv_torch_extensions()
     spec.outcome = ray.remote(num_cpus=0)(RunOutcome).remote()
     milestones = cfg.total_steps // ckpt.milestone_every if ckpt.milestone_every else 0
     trainer = TorchTrainer(

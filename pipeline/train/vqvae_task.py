@@ -15,27 +15,11 @@ from models.losses import LossScales, mean_spectral_norm, spectral_convergence_d
 from models.vqvae import LEVELS, VQVAE, VQVAEConfig
 from pipeline.audio import TARGET_SAMPLE_RATE
 from pipeline.data.audio_windows import WindowSampler
-from pipeline.train.runtime import DataSource, TrainingTask
+from pipeline.train.runtime import TrainingTask
+from pipeline.train.sources import VQVAEWindows
 
 SCALES_STREAM = 2 ** 32 - 1  # a window stream no training step draws from
 MEDIA_STREAM = 2 ** 32 - 2
-
-
-@dataclass
-class VQVAEWindows(DataSource):
-    """Training windows of the shards (the loader actors' side)."""
-
-    shards: str
-    sample_length: int
-    data_seed: int = 0
-    holdout: float = 0.0
-
-    def open(self) -> None:
-        self.sampler = WindowSampler(self.shards, self.sample_length, self.data_seed, span=(0.0, 1.0 - self.holdout))
-
-    def load_batch(self, step: int, micro: int, rank: int, world: int, size: int) -> dict[str, np.ndarray]:
-        specs = self.sampler.epoch(step, size * world, stream=micro)[rank * size:(rank + 1) * size]
-        return {"audio": self.sampler.load_batch(specs)}
 
 
 @dataclass

@@ -44,6 +44,9 @@ class PartitionedEMA:
         self.params = {n: p for n, p in module.named_parameters() if p.requires_grad}
         self.shadow = {n: _local_slice(p, rank, world).detach().float().clone() for n, p in self.params.items()}
         self.shapes = {n: list(getattr(p, "ds_shape", p.shape)) for n, p in self.params.items()}
+        canonical = {id(p): n for n, p in self.params.items()}  # a tied weight's other names read its EMA
+        self.aliases = {n: canonical[id(p)] for n, p in module.named_parameters(remove_duplicate=False)
+                        if id(p) in canonical and canonical[id(p)] != n}
 
     @torch.no_grad()
     def update(self) -> None:
@@ -57,7 +60,8 @@ class PartitionedEMA:
         # a slice of a shared storage cannot be saved as is: contiguous copies (a few MB at a time)
         save_file({n: t.contiguous() for n, t in self.shadow.items()}, str(folder / EMA_DIR / f"rank{self.rank}.safetensors"))
         if self.rank == 0:
-            (folder / EMA_DIR / "meta.json").write_text(json.dumps({"world": self.world, "shapes": self.shapes}))
+            (folder / EMA_DIR / "meta.json").write_text(json.dumps({"world": self.world, "shapes": self.shapes,
+                                                                    "aliases": self.aliases}))
 
     def load(self, folder: Path) -> None:
         from safetensors.torch import load_file
@@ -75,10 +79,14 @@ class EMAReader:
         from safetensors import safe_open
 
         meta = json.loads((Path(folder) / EMA_DIR / "meta.json").read_text())
-        self.shapes = meta["shapes"]
+        self.shapes, self.aliases = meta["shapes"], meta.get("aliases", {})
         self.files = [safe_open(str(Path(folder) / EMA_DIR / f"rank{r}.safetensors"), "pt") for r in range(meta["world"])]
 
+    def names(self) -> set[str]:
+        return set(self.shapes) | set(self.aliases)
+
     def get(self, name: str) -> torch.Tensor:
+        name = self.aliases.get(name, name)
         shape = self.shapes[name]
         return torch.cat([f.get_tensor(name) for f in self.files])[:math.prod(shape)].view(shape)
 
@@ -104,23 +112,27 @@ def export_safetensors(folder: Path, out: Path, max_shard_bytes: int = 2 * 2 ** 
 
     out.mkdir(parents=True, exist_ok=True)
     ema = EMAReader(folder) if (Path(folder) / EMA_DIR / "meta.json").exists() else None
-    pending_ema = set(ema.shapes) if ema else set()
+    pending_ema = ema.names() if ema else set()
     shards: list[dict[str, torch.Tensor]] = [{}]
     weight_map: dict[str, int] = {}
     size = total = 0
     written: list[Path] = []
+    shard_ptrs: set[int] = set()
 
     def close_shard() -> None:
         path = out / f"part-{len(written):05d}.safetensors"
         save_file(shards[0], str(path), metadata={"format": "pt"})
         written.append(path)
         shards[0] = {}
+        shard_ptrs.clear()
 
     for name, tensor in checkpoint_tensors(folder):
         if name in pending_ema:
             tensor = ema.get(name)
             pending_ema.discard(name)
         tensor = tensor.contiguous()
+        if tensor.data_ptr() in shard_ptrs:  # a tied weight's second name: its own copy (one file cannot share memory)
+            tensor = tensor.clone()
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise NonFiniteWeights(f"{name} holds NaN or infinite values: nothing is registered")
         nbytes = tensor.numel() * tensor.element_size()
@@ -128,6 +140,7 @@ def export_safetensors(folder: Path, out: Path, max_shard_bytes: int = 2 * 2 ** 
             close_shard()
             size = 0
         shards[0][name] = tensor
+        shard_ptrs.add(tensor.data_ptr())
         weight_map[name] = len(written)
         size += nbytes
         total += nbytes

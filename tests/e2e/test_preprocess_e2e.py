@@ -200,7 +200,8 @@ def test_real_songs_go_through_and_the_default_aligner_meets_its_targets(realdat
 
 def test_same_files_run_under_ray_job_submit(tmp_path):
     """The contract for clusters: `ray job submit --working-dir . -- python jobs/<job>.py ...`, here
-    preprocessing and then a VQ-VAE (2 workers, ZeRO-3) trained on its shards and registered,
+    preprocessing, then a VQ-VAE (2 workers, ZeRO-3) trained on its shards and registered, then the
+    top prior on that VQ-VAE's codes,
     on a head started by infra/ray-head.sh: token auth on, token file 0600 and never logged,
     every port on 127.0.0.1, 401 without the token and success with it."""
     import urllib.error
@@ -266,13 +267,20 @@ def test_same_files_run_under_ray_job_submit(tmp_path):
         summary = json.loads((tmp_path / "out" / "summary.json").read_text())
         assert summary["ok"] == 2 and summary["inputs"] == 2
         db = f"sqlite:///{tmp_path / 'train.db'}"  # the job runs in the cluster's environment, not this client's
-        succeeded(submit("jobs/train_vqvae.py", "--level", "bottom", "--preset", "tiny", "--shards", str(tmp_path / "out"),
+        succeeded(submit("jobs/train_vqvae.py", "--level", "top", "--preset", "tiny", "--shards", str(tmp_path / "out"),
                          "--runtime.workers", "2", "--runtime.zero_stage", "3", "--runtime.total_steps", "4",
                          "--checkpoint.every", "2", "--checkpoint.storage", str(tmp_path / "runs"), "--mlflow_tracking_uri", db))
         import mlflow
 
-        mv = mlflow.MlflowClient(tracking_uri=db).get_model_version_by_alias("jukebox-vqvae-bottom", "current")
-        assert mv.tags["hop_length"] == "8" and mv.tags["steps"] == "4"
+        client = mlflow.MlflowClient(tracking_uri=db)
+        mv = client.get_model_version_by_alias("jukebox-vqvae-top", "current")
+        assert mv.tags["hop_length"] == "128" and mv.tags["steps"] == "4"
+        # the first use our users named: the top prior on the codes of the VQ-VAE the cluster just registered
+        succeeded(submit("jobs/train_prior.py", "--level", "top", "--preset", "tiny", "--shards", str(tmp_path / "out"),
+                         "--holdout", "0.2", "--runtime.workers", "2", "--runtime.total_steps", "2", "--checkpoint.every", "2",
+                         "--checkpoint.storage", str(tmp_path / "runs"), "--mlflow_tracking_uri", db))
+        prior = client.get_model_version_by_alias("jukebox-prior-top", "current")
+        assert prior.tags["vqvae"] == "models:/jukebox-vqvae-top/1" and prior.tags["lyrics"] == "True"
         # the token is in no log: the head's console and every file of its Ray session
         session = re.search(r"(/\S+/session_[\w.-]+)/logs", head_log.read_text())
         logs = [head_log, *(Path(session.group(1)).rglob("*") if session else [])]

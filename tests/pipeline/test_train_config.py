@@ -101,6 +101,20 @@ def test_weight_decay_goes_to_weight_matrices_only():
     assert [names[id(p)] for p in param_groups(model, 0.01)[0]["params"]] == ["inp.weight"]
 
 
+def test_a_tied_weight_is_one_parameter_without_decay():
+    import torch
+
+    from pipeline.train.runtime import param_groups
+
+    embed, out = torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10, bias=False)
+    out.weight = embed.weight  # an output layer sharing the token embedding (the upsamplers)
+    model = torch.nn.Sequential(embed, torch.nn.Linear(4, 4), out)
+    groups = param_groups(model, 0.01)
+    assert sum(len(g["params"]) for g in groups) == 2 + 1  # the tied weight once, the middle layer's weight and bias
+    assert groups[0]["params"] == [model[1].weight] and any(p is embed.weight for p in groups[1]["params"])
+    torch.optim.AdamW(groups)  # no "parameters appear in more than one group"
+
+
 def test_run_names_differ_between_levels_and_jobs():
     from toy_training import ToyTask
 

@@ -1,0 +1,195 @@
+"""Prior learning targets on the three shared real songs (the last 20 % of every song held out).
+
+    OMP_WAIT_POLICY=PASSIVE python bench/bench_prior_learning.py [--minutes 10] [--upsampler-minutes 5]
+
+1. Tiny top and middle VQ-VAEs (``infra/train`` tiny presets: 256 codes) are trained with the
+   real job on the first 80 % of every song (``--vqvae-steps``), then registered.
+2. The top prior (tiny preset, with lyrics) trains for ``--minutes`` through the real job
+   (jobs/train_prior.py: code cache, Ray Train, one DeepSpeed worker with 2 threads, MLflow,
+   registry). Target: its held-out loss >= 20 % below the unigram entropy of the held-out codes.
+3. The middle upsampler trains for ``--upsampler-minutes`` twice, with its conditioner (the
+   top codes of the same audio) and without it (``--model.conditioner false``); the first must
+   reach a clearly lower held-out loss.
+
+Held-out loss: bits per token over every non-overlapping context window in the held-out 20 %
+of each song. Unigram entropy: of the held-out codes' own frequencies (the best any model
+that ignores context can do on them), and the cross-entropy of the training codes'
+frequencies on them (what a unigram model fit on training data gets), both reported.
+Step counts come from a measured step time of the bare model (+ 20 % for the runtime).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bench.bench_vqvae_learning import real_shards  # noqa: E402
+from bench.common import REALDATA, save  # noqa: E402
+from pipeline.tables import format_table  # noqa: E402
+
+HOLDOUT = 0.2
+
+
+def _runtime(steps: int, batch: int) -> dict:
+    return {"workers": 1, "cpus_per_worker": 1, "threads_per_worker": 2, "batch_size": batch, "zero_stage": 0,
+            "total_steps": steps, "log_every": 25, "media_every": steps}
+
+
+def train_vqvaes(shards: Path, db: str, work: Path, steps: int) -> dict:
+    from pipeline.config import from_dict
+    from pipeline.train.vqvae_job import TrainVQVAEConfig, train_vqvae
+
+    out = {}
+    for level in ("top", "middle"):
+        cfg = from_dict(TrainVQVAEConfig, {
+            "level": level, "preset": "tiny", "shards": str(shards), "sample_length": 32768, "holdout": HOLDOUT,
+            "mlflow_tracking_uri": db, "experiment": "bench-prior-learning", "runtime": {**_runtime(steps, 4), "media_every": 0},
+            "optim": {"lr": 2e-3, "warmup_steps": 20}, "checkpoint": {"every": steps, "storage": str(work / "runs")}})
+        summary = train_vqvae(cfg)
+        out[level] = {"registered": summary["registered"], "steps": steps, "wall_s": summary["wall_seconds"],
+                      "heldout_spectral_convergence_db": summary["final_metrics"].get("eval_spectral_convergence_db")}
+        print(level, out[level], flush=True)
+    return out
+
+
+def step_seconds(cfg, batch: int, trials: int = 4) -> float:
+    """Median of a few bare forward/backward/AdamW steps of the model on random codes, 2 threads, + 20 %."""
+    from models.prior import Prior
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    model = Prior(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    t = cfg.n_ctx
+    data = {"codes": torch.randint(0, cfg.bins, (batch, t)), "artist": torch.zeros(batch, dtype=torch.long),
+            "genres": torch.zeros(batch, 5, dtype=torch.long), "total_length": torch.full((batch,), 10 ** 7),
+            "offset": torch.zeros(batch, dtype=torch.long)}
+    if cfg.lyrics is not None:
+        data["lyrics"] = torch.randint(1, cfg.lyrics.n_vocab, (batch, cfg.lyrics.encoder.n_ctx))
+    if cfg.upsampler is not None:
+        data["upper_codes"] = torch.randint(0, cfg.upsampler.upper_bins, (batch, t // 2 ** cfg.upsampler.stages))
+    times = []
+    for _ in range(trials + 1):
+        s = time.perf_counter()
+        loss, _ = model.loss(data)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - s)
+    return float(np.median(times[1:])) * 1.2
+
+
+def heldout_bits(registered: str, db: str, source_args: dict) -> dict:
+    """Bits per token of a registered prior over every non-overlapping window of the held-out spans."""
+    from pipeline.registry import load_model
+    from pipeline.train.sources import PriorWindows
+
+    model, _ = load_model(registered, db)
+    source = PriorWindows(**{**source_args, "span": (1.0 - HOLDOUT, 1.0)})
+    source.open()
+    windows = [(sid, int(s)) for i, sid in enumerate(source.song_ids)
+               for s in range(int(source.first[i]) + (-int(source.first[i])) % source.ratio, int(source.last[i]) + 1, source.n_ctx)]
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(windows), 4):
+            batch = {k: torch.from_numpy(v) for k, v in source.batch(windows[i:i + 4]).items()}
+            _, metrics = model.loss(batch)
+            n = batch["codes"].numel()
+            total += float(metrics["bits_per_token"]) * n
+            count += n
+    return {"heldout_bits_per_token": round(total / count, 4), "heldout_tokens": count, "heldout_windows": len(windows)}
+
+
+def unigram(cache_folder: str) -> dict:
+    from pipeline.data.code_cache import CodeCache
+
+    cache = CodeCache(cache_folder)
+    train, held = [], []
+    for song in cache.songs.values():
+        cut = int(len(song.codes) * (1 - HOLDOUT))
+        train.append(song.codes[:cut])
+        held.append(song.codes[cut:])
+    train, held = np.concatenate(train), np.concatenate(held)
+    bins = int(max(train.max(), held.max())) + 1
+    p_held = np.bincount(held, minlength=bins) / len(held)
+    p_train = (np.bincount(train, minlength=bins) + 0.5) / (len(train) + 0.5 * bins)  # add-half smoothing: no zero
+    entropy = float(-(p_held[p_held > 0] * np.log2(p_held[p_held > 0])).sum())
+    cross = float(-(p_held[p_held > 0] * np.log2(p_train[p_held > 0])).sum())
+    return {"unigram_entropy_heldout_bits": round(entropy, 4), "unigram_train_on_heldout_bits": round(cross, 4),
+            "codes_in_use_heldout": int((p_held > 0).sum())}
+
+
+def train(level: str, shards: Path, db: str, work: Path, minutes: float, batch: int, extra: dict | None = None) -> dict:
+    from pipeline.config import from_dict
+    from pipeline.train.prior_job import TrainPriorConfig, train_prior
+
+    base = {"level": level, "preset": "tiny", "shards": str(shards), "holdout": HOLDOUT, "mlflow_tracking_uri": db,
+            "experiment": "bench-prior-learning", "codes_dir": str(work / "codes"), **(extra or {})}
+    cfg = from_dict(TrainPriorConfig, base)
+    steps = max(10, int(minutes * 60 / step_seconds(cfg.model_config(), batch)))
+    cfg = from_dict(TrainPriorConfig, {**base, "runtime": _runtime(steps, batch), "optim": {"lr": 1e-3, "warmup_steps": 50},
+                                       "checkpoint": {"every": steps, "storage": str(work / "runs")}})
+    started = time.time()
+    summary = train_prior(cfg)
+    model = cfg.model_config()
+    args = {"cache": str(work / "codes" / summary["lineage"]["code_cache"].split(":")[0]), "n_ctx": model.n_ctx}
+    if model.upsampler is not None:
+        args.update(upper_cache=str(work / "codes" / summary["lineage"]["upper_code_cache"].split(":")[0]), ratio=4)
+    if model.lyrics is not None:
+        args.update(shards=str(shards), n_chars=model.lyrics.encoder.n_ctx)
+    result = {"registered": summary["registered"], "steps": steps, "batch": batch, "job_wall_s": round(time.time() - started, 1),
+              "train_bits_per_token_last_log": summary["final_metrics"].get("bits_per_token"),
+              **heldout_bits(summary["registered"], db, args), **unigram(args["cache"])}
+    print(level, extra or "", result, flush=True)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=10.0, help="top prior's training budget")
+    ap.add_argument("--upsampler-minutes", type=float, default=5.0, help="each middle upsampler's budget")
+    ap.add_argument("--vqvae-steps", type=int, default=400)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--work", default="")
+    args = ap.parse_args()
+    if not (REALDATA / "JamendoLyrics.csv").exists():
+        sys.exit(f"the shared real songs are not at {REALDATA}")
+    work = Path(args.work or tempfile.mkdtemp(prefix="prior-learning-"))
+    work.mkdir(parents=True, exist_ok=True)
+    shards = real_shards(work)
+    db = f"sqlite:///{work / 'mlflow.db'}"
+    vqvaes = train_vqvaes(shards, db, work, args.vqvae_steps)
+    top = train("top", shards, db, work, args.minutes, args.batch)
+    with_cond = train("middle", shards, db, work, args.upsampler_minutes, args.batch)
+    without = train("middle", shards, db, work, args.upsampler_minutes, args.batch, {"model": {"conditioner": False}})
+    below = 1 - top["heldout_bits_per_token"] / top["unigram_entropy_heldout_bits"]
+
+    def row(name: str, r: dict) -> list:
+        return [name, r["steps"], r["heldout_bits_per_token"], r["unigram_entropy_heldout_bits"],
+                r["unigram_train_on_heldout_bits"], f"{1 - r['heldout_bits_per_token'] / r['unigram_entropy_heldout_bits']:.1%}"]
+
+    rows = [row("top prior (lyrics)", top), row("middle, conditioner", with_cond), row("middle, no conditioner", without)]
+    print(format_table(["model", "steps", "held-out bits/token", "unigram H (held-out)", "unigram (train) on held-out",
+                        "below H"], rows))
+    path = save("prior_learning", {
+        "config": vars(args), "holdout": HOLDOUT, "vqvaes": vqvaes, "top": top, "middle_with_conditioner": with_cond,
+        "middle_without_conditioner": without,
+        "targets": {"top_heldout_below_unigram_entropy": round(below, 4), "top_target": 0.20, "top_met": below >= 0.20,
+                    "conditioner_gain_bits": round(without["heldout_bits_per_token"] - with_cond["heldout_bits_per_token"], 4)}})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

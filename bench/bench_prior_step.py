@@ -1,0 +1,136 @@
+"""Prior training step and KV-cache sampling on the CPU, beside the original 2020 implementation.
+
+    OMP_WAIT_POLICY=PASSIVE python bench/bench_prior_step.py [--peer JUKEBOX_GIT_DIR] [--steps 10]
+
+The issue's configuration (the peer harness's configs b and c, ../shared/peer/configs.json):
+a top-level prior over 2048 codes, context 2048, width 256, depth 8, 2 heads, factorized
+attention in blocks of 64 (row / column / previous-row layers), batch 2, fp32, AdamW, 2
+threads, OMP_WAIT_POLICY=PASSIVE; and sampling 512 tokens with the key/value cache, batch 1.
+FLOPs per step are counted by torch's FlopCounterMode (forward + backward); the ceiling is
+the best of a few 2048^3 fp32 matmuls on the same threads. With ``--peer``, the original
+code is timed by ../shared/peer/run.sh in the same sitting and the ratios are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from bench.bench_vqvae_step import matmul_ceiling  # noqa: E402
+from bench.common import save  # noqa: E402
+from models.prior import Prior, PriorConfig  # noqa: E402
+from models.transformer import TransformerConfig  # noqa: E402
+from pipeline.tables import format_table  # noqa: E402
+
+
+def config() -> PriorConfig:
+    return PriorConfig(level=2, bins=2048, timing=False, n_artists=1, n_genres=1,
+                       transformer=TransformerConfig(width=256, depth=8, heads=2, n_ctx=2048, block_len=64))
+
+
+def batch_of(cfg: PriorConfig, batch: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"codes": torch.randint(0, cfg.bins, (batch, cfg.n_ctx), generator=g), "artist": torch.zeros(batch, dtype=torch.long),
+            "genres": torch.zeros(batch, 1, dtype=torch.long)}
+
+
+def time_training(cfg: PriorConfig, steps: int, batch: int) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model = Prior(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.01)
+
+    def step(data):
+        loss, _ = model.loss(data)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return loss
+
+    data = [batch_of(cfg, batch, i) for i in range(steps + 2)]
+    for d in data[:2]:
+        step(d)
+    times, cpu = [], []
+    for d in data[2:]:
+        t, c = time.perf_counter(), time.process_time()
+        step(d)
+        times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    with FlopCounterMode(display=False) as counter:
+        loss, _ = model.loss(data[0])
+        loss.backward()
+    return {"step_s": statistics.median(times), "step_s_min": min(times), "steps_s": times, "cpu_s": statistics.median(cpu),
+            "flops_per_step": counter.get_total_flops(), "params": sum(p.numel() for p in model.parameters())}
+
+
+def time_sampling(cfg: PriorConfig, tokens: int) -> dict:
+    torch.manual_seed(0)
+    model = Prior(cfg).eval()
+    cond = batch_of(cfg, 1, 0)
+    t = time.perf_counter()
+    state = model.start_sampling(cond)
+    prev = None
+    for pos in range(tokens):
+        logits = model.step(state, prev, pos)
+        prev = torch.multinomial(torch.softmax(logits.float(), -1), 1)[:, 0]
+    seconds = time.perf_counter() - t
+    return {"tokens": tokens, "seconds": seconds, "ms_per_token": 1000 * seconds / tokens}
+
+
+def run_peer(git_dir: str) -> dict:
+    out = subprocess.run(["bash", str(ROOT.parent / "shared" / "peer" / "run.sh"), git_dir, "--only", "b_,c_", "--no-selfcheck"],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--sample-tokens", type=int, default=512)
+    ap.add_argument("--peer", default="", help="git directory of openai/jukebox: time the original in the same sitting")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = config()
+    ceiling = matmul_ceiling()
+    train = time_training(cfg, args.steps, args.batch)
+    sample = time_sampling(cfg, args.sample_tokens)
+    mfu = train["flops_per_step"] / train["step_s"] / ceiling
+    result = {"config": {"n_ctx": 2048, "width": 256, "depth": 8, "heads": 2, "block_len": 64, "batch": args.batch, "fp32": True,
+                         "threads": args.threads, "omp_wait_policy": os.environ["OMP_WAIT_POLICY"]},
+              "matmul_ceiling_flops": ceiling, "train": train, "mfu": mfu, "sample": sample}
+    rows = [["ours: train step", f"{train['step_s']:.3f} s", f"{train['flops_per_step'] / 1e9:.1f}", f"{mfu:.1%}"],
+            ["ours: KV-cache sampling", f"{sample['ms_per_token']:.2f} ms/token", "", ""]]
+    if args.peer:
+        peer = run_peer(args.peer)
+        result["peer"] = peer
+        b, c = peer["summary"]["b_prior_top_factorized_train"], peer["summary"]["c_prior_top_sample_kvcache"]
+        peer_step, peer_ms = b["median_s"], c["ms_per_token_median"]
+        result["ratios"] = {"train_step_speedup": peer_step / train["step_s"], "sampling_speedup": peer_ms / sample["ms_per_token"]}
+        rows += [["original 2020: train step", f"{peer_step:.3f} s", f"{b['gflop_counted']:.1f}", f"{b.get('mfu_median') or 0:.1%}"],
+                 ["original 2020: KV-cache sampling", f"{peer_ms:.2f} ms/token", "", ""],
+                 ["speed-up (train, sampling)", f"{result['ratios']['train_step_speedup']:.2f}x",
+                  f"{result['ratios']['sampling_speedup']:.2f}x", ""]]
+    print(f"prior n_ctx 2048, width 256, depth 8, 2 heads, blocks of 64, batch {args.batch}, fp32, {args.threads} threads; "
+          f"matmul ceiling {ceiling / 1e9:.1f} GFLOP/s")
+    print(format_table(["what", "time", "GFLOP per step", "MFU"], rows))
+    print(save("prior_step", result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""Jukebox's Scalable Transformer: a pre-LayerNorm causal decoder whose layers cycle through
+factorized attention patterns over the context seen as blocks (docs/jukebox-reference.md §3).
+
+With the context as ``n_blocks x block_len`` (the paper: 128 x 64 for 8192 tokens):
+
+- ``row``: causal attention inside a token's own block;
+- ``col``: causal attention to the same offset in every earlier block (strided);
+- ``prev``: the whole previous block, plus the token's own block up to itself. The
+  original pads block 0's "previous block" with zeros (its tokens attend to nothing
+  there); here they attend causally within their block, so no row of the pattern is empty;
+- ``dense``: plain causal attention (small models, the lyrics-free tests);
+- ``cross``: encoder-decoder attention to a memory (the lyrics encoder's states), in place of
+  self-attention in that layer, as the original's 5B lyrics model does.
+
+Every pattern runs through ``scaled_dot_product_attention`` on a reshaped view (blocks
+become batch entries), so no mask larger than ``block_len x 2 block_len`` is ever made. The
+key/value cache path (``step``) attends from one new token to exactly the keys its pattern
+allows and gives the logits of the full forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+PATTERN = ("row", "col", "prev")
+
+
+@dataclass
+class TransformerConfig:
+    width: int = 256
+    depth: int = 8
+    heads: int = 2
+    n_ctx: int = 2048
+    block_len: int = 64  # the context seen as n_ctx // block_len blocks (the paper: 8192 = 128 x 64)
+    attn_mult: float = 0.25  # q/k/v width as a fraction of the model width
+    mlp_mult: float = 1.0
+    factorized: bool = True  # False: dense causal attention in every layer
+    cross_layers: tuple[int, ...] = ()  # layers that attend to the encoder memory instead of themselves
+    checkpoint_activations: bool = False
+
+    @property
+    def attn_width(self) -> int:
+        return int(self.width * self.attn_mult)
+
+    def kind(self, layer: int) -> str:
+        if layer in self.cross_layers:
+            return "cross"
+        return PATTERN[layer % 3] if self.factorized else "dense"
+
+    def validate(self) -> None:
+        if self.attn_width % self.heads:
+            raise ValueError(f"attention width {self.attn_width} is not divisible by {self.heads} heads")
+        if self.factorized and self.n_ctx % self.block_len:
+            raise ValueError(f"context {self.n_ctx} is not a whole number of blocks of {self.block_len}")
+        if any(not 0 <= i < self.depth for i in self.cross_layers):
+            raise ValueError(f"cross layers {self.cross_layers} outside 0..{self.depth - 1}")
+
+
+def _prev_block_mask(n_blocks: int, block_len: int, device) -> torch.Tensor:
+    """(n_blocks, block_len, 2 block_len): all of the previous block (none for block 0), own block causally."""
+    own = torch.ones(block_len, block_len, dtype=torch.bool, device=device).tril()
+    prev = torch.ones(n_blocks, block_len, block_len, dtype=torch.bool, device=device)
+    prev[0] = False
+    return torch.cat([prev, own.expand(n_blocks, -1, -1)], dim=-1)
+
+
+def factorized_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kind: str, block_len: int) -> torch.Tensor:
+    """q, k, v: (batch, heads, time, head_dim), time a whole number of blocks."""
+    b, h, t, d = q.shape
+    if kind == "dense":
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    nb = t // block_len
+    qb, kb, vb = (x.reshape(b, h, nb, block_len, d) for x in (q, k, v))
+    if kind == "row":
+        out = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True)
+    elif kind == "col":
+        qc, kc, vc = (x.transpose(2, 3) for x in (qb, kb, vb))  # (b, h, block_len, nb, d): causal over blocks
+        out = F.scaled_dot_product_attention(qc, kc, vc, is_causal=True).transpose(2, 3)
+    elif kind == "prev":
+        shift = lambda x: torch.cat([torch.zeros_like(x[:, :, :1]), x[:, :, :-1]], dim=2)  # noqa: E731
+        keys, values = torch.cat([shift(kb), kb], dim=3), torch.cat([shift(vb), vb], dim=3)
+        out = F.scaled_dot_product_attention(qb, keys, values, attn_mask=_prev_block_mask(nb, block_len, q.device))
+    else:
+        raise ValueError(f"unknown attention pattern {kind!r}")
+    return out.reshape(b, h, t, d)
+
+
+def pattern_mask(kind: str, t: int, block_len: int) -> torch.Tensor:
+    """The dense (t, t) boolean mask a pattern is equivalent to (for tests and plots, never for training)."""
+    i, j = torch.arange(t)[:, None], torch.arange(t)[None, :]
+    causal = j <= i
+    same_block, bi, bj = i // block_len == j // block_len, i // block_len, j // block_len
+    return {"dense": causal, "row": causal & same_block, "col": causal & (i % block_len == j % block_len),
+            "prev": (causal & same_block) | (bj == bi - 1)}[kind]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TransformerConfig, kind: str):
+        super().__init__()
+        self.kind, self.heads, self.block_len = kind, cfg.heads, cfg.block_len
+        s = cfg.attn_width
+        if kind == "cross":  # queries from the music, keys and values from the memory (projected to this width)
+            self.q, self.kv = nn.Linear(cfg.width, s), nn.Linear(cfg.width, 2 * s)
+        else:
+            self.qkv = nn.Linear(cfg.width, 3 * s)
+        self.proj = nn.Linear(s, cfg.width)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, s = x.shape
+        return x.view(b, t, self.heads, s // self.heads).transpose(1, 2)
+
+    def _merge(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, t, d = x.shape
+        return self.proj(x.transpose(1, 2).reshape(b, t, h * d))
+
+    def memory_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(self._heads(x) for x in self.kv(memory).chunk(2, dim=-1))
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
+        if self.kind == "cross":
+            k, v = self.memory_kv(memory)
+            return self._merge(F.scaled_dot_product_attention(self._heads(self.q(x)), k, v))
+        q, k, v = (self._heads(t) for t in self.qkv(x).chunk(3, dim=-1))
+        return self._merge(factorized_attention(q, k, v, self.kind, self.block_len))
+
+    def step(self, x: torch.Tensor, pos: int, cache: dict) -> torch.Tensor:
+        """One token at position ``pos``: x (batch, 1, width). ``cache`` holds this layer's keys and values."""
+        if self.kind == "cross":
+            return self._merge(F.scaled_dot_product_attention(self._heads(self.q(x)), cache["k"], cache["v"]))
+        q, k, v = (self._heads(t) for t in self.qkv(x).chunk(3, dim=-1))
+        cache["k"][:, :, pos], cache["v"][:, :, pos] = k[:, :, 0], v[:, :, 0]
+        lo, stride = 0, 1
+        if self.kind == "row":
+            lo = pos - pos % self.block_len
+        elif self.kind == "prev":
+            lo = max(0, pos - pos % self.block_len - self.block_len)
+        elif self.kind == "col":
+            lo, stride = pos % self.block_len, self.block_len
+        keys, values = cache["k"][:, :, lo:pos + 1:stride], cache["v"][:, :, lo:pos + 1:stride]
+        return self._merge(F.scaled_dot_product_attention(q, keys, values))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TransformerConfig, kind: str):
+        super().__init__()
+        hidden = int(cfg.width * cfg.mlp_mult)
+        self.ln_attn, self.attn = nn.LayerNorm(cfg.width), Attention(cfg, kind)
+        self.ln_mlp = nn.LayerNorm(cfg.width)
+        self.mlp = nn.Sequential(nn.Linear(cfg.width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, cfg.width))
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_attn(x), memory)
+        return x + self.mlp(self.ln_mlp(x))
+
+    def step(self, x: torch.Tensor, pos: int, cache: dict) -> torch.Tensor:
+        x = x + self.attn.step(self.ln_attn(x), pos, cache)
+        return x + self.mlp(self.ln_mlp(x))
+
+
+class Transformer(nn.Module):
+    """The layer stack (embeddings and output heads belong to the model that uses it)."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.blocks = nn.ModuleList(Block(cfg, cfg.kind(i)) for i in range(cfg.depth))
+        self.ln_out = nn.LayerNorm(cfg.width)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
+        for block in self.blocks:
+            if self.cfg.checkpoint_activations and self.training:
+                x = checkpoint(block, x, memory, use_reentrant=False)
+            else:
+                x = block(x, memory)
+        return self.ln_out(x)
+
+    def new_cache(self, batch: int, memory: torch.Tensor | None = None, dtype=None, device=None) -> list[dict]:
+        """Empty key/value buffers for sampling (the cross layers' keys and values of ``memory`` once)."""
+        cfg = self.cfg
+        head_dim = cfg.attn_width // cfg.heads
+        caches = []
+        for block in self.blocks:
+            if block.attn.kind == "cross":
+                k, v = block.attn.memory_kv(memory)
+                caches.append({"k": k, "v": v})
+            else:
+                shape = (batch, cfg.heads, cfg.n_ctx, head_dim)
+                caches.append({"k": torch.zeros(shape, dtype=dtype, device=device),
+                               "v": torch.zeros(shape, dtype=dtype, device=device)})
+        return caches
+
+    def step(self, x: torch.Tensor, pos: int, caches: list[dict]) -> torch.Tensor:
+        for block, cache in zip(self.blocks, caches):
+            x = block.step(x, pos, cache)
+        return self.ln_out(x)

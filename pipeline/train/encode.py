@@ -1,0 +1,110 @@
+"""Get or build the code cache of a corpus for one registered VQ-VAE version (Ray Data batch inference).
+
+An actor pool encodes songs; each actor loads the registered VQ-VAE once (a GPU actor
+where the cluster has one, ``gpus``), reads a song from the shards in chunks, and returns its
+codes. The driver commits each song as it arrives (``pipeline.data.code_cache``), so a killed
+run resumes with the songs left; when all are in, ``cache.json`` marks the cache complete.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.data import code_cache
+from pipeline.data.shards import SONGS, read_table
+from pipeline.data.vocab import artist_id, genre_ids, latest_vocab
+
+
+@dataclass
+class EncodeSettings:
+    chunk_samples: int = 2 ** 19  # audio encoded at once (~12 s): bounds the actor's memory on long songs
+    context_samples: int = 2 ** 15  # audio either side of a chunk, encoded and dropped: no seams at chunk edges
+    # (the paper's bottom level sees ~26 k samples either side: dilations up to 3**7 frames of 8 samples)
+    actors: int = 1
+    gpus: float = 0.0  # per actor (> 0: encode on a GPU)
+    cpus: float = 1.0
+
+
+class EncodeSongs:
+    """Ray Data actor: the registered VQ-VAE, loaded once; songs in, codes out."""
+
+    def __init__(self, vqvae_uri: str, tracking_uri: str, shards: str, settings: EncodeSettings):
+        import torch
+
+        from pipeline.data.shards import ShardReader
+        from pipeline.registry import load_model
+
+        torch.set_num_threads(max(1, int(settings.cpus)))
+        self.device = torch.device("cuda" if settings.gpus > 0 and torch.cuda.is_available() else "cpu")
+        model, _ = load_model(vqvae_uri, tracking_uri)
+        self.model, self.hop = model.to(self.device), model.hop_length
+        self.reader, self.settings = ShardReader(shards), settings
+
+    def encode_song(self, song_id: str) -> np.ndarray:
+        import torch
+
+        n = int(self.reader.songs[song_id]["num_samples"])
+        chunk, ctx = self.settings.chunk_samples, self.settings.context_samples
+        if chunk % self.hop or ctx % self.hop:
+            raise ValueError(f"chunk ({chunk}) and context ({ctx}) samples must be multiples of the hop {self.hop}")
+        tokens = n // self.hop
+        out = np.empty(tokens, dtype=np.int16)
+        for start in range(0, tokens * self.hop, chunk):
+            lo, hi = max(0, start - ctx), min(start + chunk + ctx, tokens * self.hop)  # the song's edges pad as in one pass
+            audio = self.reader.read_window(song_id, lo, hi - lo).mean(axis=1, keepdims=True)  # the VQ-VAE is mono
+            with torch.inference_mode():
+                codes = self.model.encode(torch.from_numpy(audio)[None].to(self.device))[0].cpu().numpy()
+            first = (start - lo) // self.hop
+            count = min(chunk, tokens * self.hop - start) // self.hop
+            out[start // self.hop:start // self.hop + count] = codes[first:first + count]
+        return out
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        codes = [self.encode_song(str(s)) for s in batch["song_id"]]
+        return {"song_id": batch["song_id"], "codes": np.array(codes, dtype=object)}
+
+
+def get_or_build(shards: str | Path, vqvae, tracking_uri: str, settings: EncodeSettings | None = None,
+                 root: str | Path = "") -> tuple[Path, dict[str, Any]]:
+    """The complete cache of ``vqvae`` (a ``RegisteredModel``) over the shards: reused when it exists,
+    completed when a run was killed, built otherwise. Returns (folder, facts incl. throughput)."""
+    import ray
+
+    settings = settings or EncodeSettings()
+    shards = Path(shards)
+    folder = code_cache.cache_folder(root or shards / code_cache.CODES, vqvae.name, vqvae.version, vqvae.run_id)
+    meta = code_cache.read_meta(folder)
+    if meta is not None:
+        return folder, {"code_cache": code_cache.cache_id(folder), "reused": True, "songs": meta["songs"]}
+    vocab_version, vocab = latest_vocab(shards / "vocab")
+    table = read_table(shards, SONGS, ["song_id", "num_samples", "sample_rate", "artist", "genres"])
+    songs = {r["song_id"]: r for r in (table.to_pylist() if table is not None else [])}
+    hop = int(vqvae.card["hop_length"])
+    todo = sorted(s for s in set(songs) - code_cache.encoded_songs(folder) if songs[s]["num_samples"] >= hop)
+    started, audio_s = time.time(), sum(songs[s]["num_samples"] / songs[s]["sample_rate"] for s in todo)
+    if todo:
+        ds = ray.data.from_items([{"song_id": s} for s in todo], override_num_blocks=len(todo)).map_batches(
+            EncodeSongs, fn_constructor_kwargs=dict(vqvae_uri=f"models:/{vqvae.name}/{vqvae.version}", tracking_uri=tracking_uri,
+                                                    shards=str(shards), settings=settings),
+            batch_size=1, compute=ray.data.ActorPoolStrategy(size=settings.actors), num_cpus=settings.cpus,
+            num_gpus=settings.gpus or None)
+        for row in ds.iter_rows():
+            song = songs[row["song_id"]]
+            code_cache.write_song(folder, {
+                "song_id": row["song_id"], "level": vqvae.card["level"], "hop_length": hop, "codes": row["codes"],
+                "num_tokens": len(row["codes"]), "total_length": song["num_samples"], "sample_rate": song["sample_rate"],
+                "artist_id": artist_id(vocab, song["artist"] or "") if vocab else 0,
+                "genre_ids": genre_ids(vocab, song["genres"] or []) if vocab else [0], "vocab_version": vocab_version})
+    seconds = time.time() - started
+    meta = code_cache.complete(folder, {
+        "vqvae": f"models:/{vqvae.name}/{vqvae.version}", "vqvae_run_id": vqvae.run_id, "level": vqvae.card["level"],
+        "hop_length": hop, "codebook_size": int(vqvae.card["codebook_size"]), "sample_rate": int(vqvae.card["sample_rate"]),
+        "vocab_version": vocab_version, "shards": str(shards.resolve())})
+    return folder, {"code_cache": code_cache.cache_id(folder), "reused": False, "songs": meta["songs"], "encoded_songs": len(todo),
+                    "encode_seconds": round(seconds, 2), "encoded_audio_s": round(audio_s, 1),
+                    "encode_audio_s_per_s": round(audio_s / seconds, 1) if todo and seconds > 0 else None}

@@ -1,0 +1,185 @@
+"""``jobs/train_prior.py``: the top prior or an upsampler, from registered VQ-VAEs to a registered prior.
+
+In the driver, before Ray starts a worker: the VQ-VAE(s) are resolved in the registry (a
+missing model or alias stops the job) and their cards checked against this prior's config
+(level, hop length, codebook size, sample rate), and the vocabulary against its artist and
+genre tables. Then the code cache is reused or built (``pipeline.train.encode``), the prior
+trains on the shared runtime, and ``jukebox-prior-<level>`` is registered with its lineage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from models.prior import PriorConfig
+from models.prior_configs import PAPER, TINY
+from pipeline.audio import TARGET_SAMPLE_RATE
+from pipeline.config import ConfigError, field
+from pipeline.train.config import CheckpointConfig, OptimConfig, RuntimeConfig
+from pipeline.train.vqvae_job import LEVEL_HOPS
+
+LEVELS = ("bottom", "middle", "top")
+UPPER = {"bottom": "middle", "middle": "top"}
+
+
+@dataclass
+class PriorOverrides:
+    """Changes to the preset's model (unset = the preset's value)."""
+
+    width: int | None = field(None, "transformer width")
+    depth: int | None = field(None, "transformer layers")
+    heads: int | None = field(None, "attention heads")
+    n_ctx: int | None = field(None, "context in tokens (the paper: 8192)")
+    block_len: int | None = field(None, "block length of the factorized attention (the paper: 64)")
+    n_artists: int | None = field(None, "rows of the artist table (>= the vocabulary's artists)")
+    n_genres: int | None = field(None, "rows of the genre-word table (>= the vocabulary's genre words)")
+    cond_dropout: float | None = field(None, "probability of training an example with unknown artist/genre (for guidance)")
+    checkpoint_activations: bool | None = field(None, "recompute each layer in backward (on in the paper presets)")
+    conditioner: bool | None = field(None, "upsamplers: false trains without the upper level's codes (a baseline)")
+
+
+def _prior_optim() -> OptimConfig:
+    return OptimConfig(lr=3e-4, betas=(0.9, 0.95), weight_decay=0.01, warmup_steps=100)
+
+
+@dataclass
+class TrainPriorConfig:
+    level: Literal["top", "middle", "bottom"] = field("top", "top prior, or the middle / bottom upsampler")
+    preset: Literal["paper", "tiny"] = field("paper", "the paper's model or a tiny one for CPU tests")
+    lyrics: bool = field(True, "top prior: condition on lyrics (encoder-decoder layers and the lyrics loss)")
+    model: PriorOverrides = dataclasses.field(default_factory=PriorOverrides)
+    shards: str = field("", "preprocessed shards (the output folder of jobs/preprocess.py)")
+    vqvae: str = field("", "this level's VQ-VAE (default models:/jukebox-vqvae-<level>@current)")
+    upper_vqvae: str = field("", "upsamplers: the upper level's VQ-VAE (default models:/jukebox-vqvae-<upper>@current)")
+    codes_dir: str = field("", "where code caches live (default <shards>/codes); one folder per VQ-VAE version")
+    encode_actors: int = field(1, "actors encoding the corpus when a code cache is built")
+    encode_gpus: float = field(0.0, "GPUs per encoding actor (0: CPU)")
+    holdout: float = field(0.1, "last fraction of every song kept out of training; the held-out loss comes from it")
+    data_seed: int = field(0, "seed of the window stream")
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=_prior_optim)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    mlflow_tracking_uri: str = field("", "default: $MLFLOW_TRACKING_URI or sqlite under ./runs/")
+    experiment: str = field("jukebox-prior", "MLflow experiment")
+    register: str = field("", "registered model name (default: jukebox-prior-<level>)")
+    alias: str = field("current", "alias set on the new version ('' = none)")
+    ray_address: str = field("", "Ray cluster to join (default: $RAY_ADDRESS, else an embedded local Ray)")
+    num_cpus: int = field(0, "logical CPUs of an embedded Ray (0 = enough for workers and data actors)")
+
+    def model_config(self) -> PriorConfig:
+        preset = PAPER if self.preset == "paper" else TINY
+        key = "top_lyrics" if self.level == "top" and self.lyrics and self.preset == "paper" else self.level
+        base = dataclasses.replace(preset[key])
+        if self.level == "top" and not self.lyrics:
+            base = dataclasses.replace(base, lyrics=None, transformer=dataclasses.replace(base.transformer, cross_layers=()))
+        o = self.model
+        tr = {k: v for k, v in dict(width=o.width, depth=o.depth, heads=o.heads, n_ctx=o.n_ctx, block_len=o.block_len,
+                                    checkpoint_activations=o.checkpoint_activations).items() if v is not None}
+        transformer = dataclasses.replace(base.transformer, **tr)
+        if base.lyrics is not None and transformer.depth != base.transformer.depth:  # cross layers: the same places from the end
+            transformer.cross_layers = tuple(i - base.transformer.depth + transformer.depth for i in base.transformer.cross_layers
+                                             if i - base.transformer.depth + transformer.depth >= 0) or (transformer.depth - 1,)
+        top = {k: v for k, v in dict(n_artists=o.n_artists, n_genres=o.n_genres, cond_dropout=o.cond_dropout).items() if v is not None}
+        if o.conditioner is False:
+            top["upsampler"] = None
+        return dataclasses.replace(base, transformer=transformer, **top)
+
+    def vqvae_uri(self) -> str:
+        return self.vqvae or f"models:/jukebox-vqvae-{self.level}@current"
+
+    def upper_vqvae_uri(self) -> str:
+        return self.upper_vqvae or f"models:/jukebox-vqvae-{UPPER[self.level]}@current"
+
+    def validate(self) -> None:
+        try:
+            self.model_config().validate()
+        except ValueError as exc:
+            raise ConfigError(f"model: {exc}") from None
+        if not 0.0 <= self.holdout < 1.0:
+            raise ConfigError(f"holdout must be in [0, 1), got {self.holdout}")
+        if self.model.cond_dropout is not None and not 0.0 <= self.model.cond_dropout <= 1.0:
+            raise ConfigError(f"model.cond_dropout must be in [0, 1], got {self.model.cond_dropout}")
+        if not self.shards:
+            raise ConfigError("--shards is required: the output folder of jobs/preprocess.py")
+        if not (Path(self.shards).expanduser() / "songs").is_dir():
+            raise ConfigError(f"no shards at {self.shards}: expected a songs/ folder (run jobs/preprocess.py first)")
+
+
+def check_upstream(cfg: TrainPriorConfig, model: PriorConfig, tracking: str) -> dict:
+    """Resolve the VQ-VAE(s) and check their cards and the vocabulary against the prior: before any worker."""
+    from pipeline.data.vocab import latest_vocab
+    from pipeline.registry import check_card, download
+
+    needs = {"family": "vqvae", "level": cfg.level, "hop_length": LEVEL_HOPS[cfg.level], "codebook_size": model.bins,
+             "sample_rate": TARGET_SAMPLE_RATE}
+    if model.hop_length != LEVEL_HOPS[cfg.level]:
+        raise ConfigError(f"the {cfg.level} prior's hop is {model.hop_length}; the {cfg.level} level's is {LEVEL_HOPS[cfg.level]}")
+    found = {"vqvae": download(cfg.vqvae_uri(), tracking_uri=tracking)}
+    check_card(found["vqvae"].card, needs, f"{cfg.vqvae_uri()} (version {found['vqvae'].version})")
+    if model.upsampler is not None:
+        upper = UPPER[cfg.level]
+        found["upper_vqvae"] = download(cfg.upper_vqvae_uri(), tracking_uri=tracking)
+        check_card(found["upper_vqvae"].card, {"family": "vqvae", "level": upper, "hop_length": LEVEL_HOPS[upper],
+                                               "codebook_size": model.upsampler.upper_bins, "sample_rate": TARGET_SAMPLE_RATE},
+                   f"{cfg.upper_vqvae_uri()} (version {found['upper_vqvae'].version})")
+    version, vocab = latest_vocab(Path(cfg.shards).expanduser() / "vocab")
+    if vocab is not None:
+        for table, rows, flag in (("artists", model.n_artists, "n_artists"), ("genres", model.n_genres, "n_genres")):
+            if len(vocab[table]) > rows:
+                raise ConfigError(f"vocabulary v{version} has {len(vocab[table])} {table}; the prior's table has {rows} rows "
+                                  f"(--model.{flag} {len(vocab[table])} or more)")
+    found["vocab_version"] = version
+    return found
+
+
+def train_prior(cfg: TrainPriorConfig) -> dict:
+    from pipeline.services import init_ray, tracking_uri
+    from pipeline.train.encode import EncodeSettings, get_or_build
+    from pipeline.train.prior_task import PriorTask
+    from pipeline.train.run import train_and_register
+    from pipeline.train.runtime import Tracking, TrainSpec
+
+    job_started = time.time()
+    cfg.validate()
+    for section in (cfg.runtime, cfg.optim, cfg.checkpoint):
+        section.validate()
+    model = cfg.model_config()
+    tracking = Tracking(tracking_uri(cfg.mlflow_tracking_uri or None), cfg.experiment, cfg.register or f"jukebox-prior-{cfg.level}",
+                        cfg.alias)
+    upstream = check_upstream(cfg, model, tracking.uri)
+    shards = Path(cfg.shards).expanduser().resolve()
+    rt = cfg.runtime
+    need = rt.workers * (rt.cpus_per_worker + rt.data_cpus) + 1
+    init_ray(cfg.ray_address or None, cfg.num_cpus or max(os.cpu_count() or 1, int(need + 0.999)), progress=False)
+    settings = EncodeSettings(actors=cfg.encode_actors, gpus=cfg.encode_gpus)
+    folder, cache_facts = get_or_build(shards, upstream["vqvae"], tracking.uri, settings, cfg.codes_dir)
+    source_args = {"cache": str(folder), "n_ctx": model.n_ctx, "seed": cfg.data_seed}
+    lineage = {"vqvae": f"models:/{upstream['vqvae'].name}/{upstream['vqvae'].version}", "code_cache": cache_facts["code_cache"],
+               "vocab_version": upstream["vocab_version"], "shards": str(shards)}
+    facts = {"code_cache": cache_facts}
+    if model.upsampler is not None:
+        upper_folder, upper_facts = get_or_build(shards, upstream["upper_vqvae"], tracking.uri, settings, cfg.codes_dir)
+        source_args.update(upper_cache=str(upper_folder), ratio=LEVEL_HOPS[UPPER[cfg.level]] // LEVEL_HOPS[cfg.level])
+        lineage.update(upper_vqvae=f"models:/{upstream['upper_vqvae'].name}/{upstream['upper_vqvae'].version}",
+                       upper_code_cache=upper_facts["code_cache"])
+        facts["upper_code_cache"] = upper_facts
+    if model.lyrics is not None:
+        source_args.update(shards=str(shards), n_chars=model.lyrics.encoder.n_ctx)
+    card_extra = {"vocab_version": upstream["vocab_version"], "vqvae": lineage["vqvae"], "upper_vqvae": lineage.get("upper_vqvae", "")}
+    task = PriorTask(model, source_args, cfg.holdout, card_extra=card_extra, lineage=lineage)
+    spec = TrainSpec(task, task.source(), rt, cfg.optim, cfg.checkpoint, tracking, job_started=job_started)
+    summary = train_and_register(spec, level=cfg.level)
+    summary.update(level=cfg.level, lineage=lineage, **facts)
+    return summary
+
+
+def main_summary(cfg: TrainPriorConfig) -> dict:
+    summary = train_prior(cfg)
+    print(json.dumps(summary, indent=1, default=str))
+    return summary

@@ -1,0 +1,176 @@
+"""What the loader actors run: the ``DataSource`` role, the Ray Data stream of each rank, and the
+data sources of the model families.
+
+Nothing here imports torch (or a model): a loader actor is a fresh process, and importing
+torch there cost ~2 s of every run's start-up before its first batch. Batches are numpy
+arrays; ``iter_torch_batches`` makes tensors in the worker.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.data.audio_windows import WindowSampler
+from pipeline.data.code_cache import CodeCache
+from pipeline.data.lyrics import lyrics_tokens
+from pipeline.data.lyrics_windows import LyricsWindows
+from pipeline.train.config import RuntimeConfig
+
+MAX_GENRES = 5  # genre words per song the start token sums (the original's max_bow_genre_size)
+
+
+class DataSource(ABC):
+    """What the loader actors run; picklable, and it holds no model."""
+
+    def open(self) -> None:
+        """Open readers, once per loader actor."""
+
+    @abstractmethod
+    def load_batch(self, step: int, micro: int, rank: int, world: int, size: int) -> dict[str, np.ndarray]:
+        """This rank's micro-batch of (step, micro): arrays with ``size`` rows; a pure function of the arguments."""
+
+
+class BatchLoader:
+    """A Ray actor that loads one rank's micro-batches (``DataSource.load_batch``) on request."""
+
+    def __init__(self, source: DataSource, rank: int, world: int, size: int):
+        self.source, self.rank, self.world, self.size = source, rank, world, size
+        source.open()
+
+    def load(self, step: int, micro: int) -> dict[str, np.ndarray]:
+        out = dict(self.source.load_batch(step, micro, self.rank, self.world, self.size))
+        out["_step"] = np.full(self.size, step, dtype=np.int64)
+        out["_micro"] = np.full(self.size, micro, dtype=np.int64)
+        return out
+
+
+class RankStream:
+    """This rank's micro-batches from step ``start`` to the end, in order, ``prefetch`` requests ahead.
+
+    Made by the worker once it knows the step it resumes from, so a restarted or resumed run
+    reads nothing it already trained on, and before it builds its engine: the loader actor
+    starts (a process of its own) while DeepSpeed initialises, and the first batches are
+    waiting when the first step asks. Loading is a pure function of (step, micro-step, rank),
+    so Ray may restart a lost loader and retry its requests without changing the stream.
+
+    Why not Ray Data: one loader per rank with strict order is all this needs, and a Ray Data
+    stream made the same way (an actor pool of one, ``preserve_order``) started its actor only
+    when iterated, after the engine, and brought three more actors of its own: ~5 s more to
+    every run's first step (measured; bench/bench_train_runtime.py).
+    """
+
+    def __init__(self, source: DataSource, cfg: RuntimeConfig, rank: int, world: int, start: int):
+        import ray
+
+        loader = ray.remote(num_cpus=cfg.data_cpus, max_restarts=3, max_task_retries=3)(BatchLoader)
+        self.loader = loader.remote(source, rank, world, cfg.batch_size)
+        self.keys = iter([(step, micro) for step in range(start, cfg.total_steps) for micro in range(cfg.grad_accum)])
+        self.pending: deque = deque()
+        for _ in range(max(1, cfg.prefetch_batches)):
+            self._request()
+
+    def _request(self) -> None:
+        key = next(self.keys, None)
+        if key is not None:
+            self.pending.append(self.loader.load.remote(*key))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        import ray
+
+        if not self.pending:
+            raise StopIteration
+        ref = self.pending.popleft()
+        self._request()
+        return ray.get(ref)
+
+
+@dataclass
+class VQVAEWindows(DataSource):
+    """Training windows of the shards (the loader actors' side)."""
+
+    shards: str
+    sample_length: int
+    data_seed: int = 0
+    holdout: float = 0.0
+
+    def open(self) -> None:
+        self.sampler = WindowSampler(self.shards, self.sample_length, self.data_seed, span=(0.0, 1.0 - self.holdout))
+
+    def load_batch(self, step: int, micro: int, rank: int, world: int, size: int) -> dict[str, np.ndarray]:
+        specs = self.sampler.epoch(step, size * world, stream=micro)[rank * size:(rank + 1) * size]
+        return {"audio": self.sampler.load_batch(specs)}
+
+
+
+@dataclass
+class PriorWindows(DataSource):
+    """Context-length windows of one level's codes, with what the prior conditions on.
+
+    ``span`` is the part of every song windows come from (training: the first 1 - holdout of
+    each song; evaluation: the rest). Windows of an upsampler start on a multiple of the hop
+    ratio, so the upper level's codes for the same audio line up exactly."""
+
+    cache: str
+    n_ctx: int
+    span: tuple[float, float] = (0.0, 1.0)
+    seed: int = 0
+    upper_cache: str = ""  # upsamplers: the upper level's code cache
+    ratio: int = 1  # upper hop / this hop
+    shards: str = ""  # for the lyrics windows (top prior with lyrics)
+    n_chars: int = 0
+
+    def open(self) -> None:
+        self.codes = CodeCache(self.cache)
+        self.upper = CodeCache(self.upper_cache) if self.upper_cache else None
+        self.lyrics = LyricsWindows(self.shards) if self.n_chars else None
+        self.hop = self.codes.hop_length
+        first, last, ids = [], [], []
+        for sid, song in sorted(self.codes.songs.items()):
+            n = len(song.codes)
+            lo, hi = int(n * self.span[0]), int(n * self.span[1])
+            if self.upper is not None:
+                hi = min(hi, len(self.upper.songs[sid].codes) * self.ratio) if sid in self.upper.songs else lo
+            if hi - lo >= self.n_ctx:
+                ids.append(sid)
+                first.append(lo)
+                last.append(hi - self.n_ctx)  # the last window start
+        if not ids:
+            raise ValueError(f"no song of {self.cache} has {self.n_ctx} tokens in the span {self.span}")
+        self.song_ids, self.first, self.last = ids, np.array(first), np.array(last)
+        room = self.last - self.first + 1
+        self.song_p = room / room.sum()
+
+    def windows(self, key: list[int], n: int) -> list[tuple[str, int]]:
+        rng = np.random.default_rng(key)
+        idx = rng.choice(len(self.song_ids), size=n, p=self.song_p)
+        starts = self.first[idx] + (rng.random(n) * (self.last[idx] - self.first[idx] + 1)).astype(np.int64)
+        starts -= starts % self.ratio  # upsamplers: aligned with the upper level's tokens
+        starts = np.maximum(starts, self.first[idx] + (-self.first[idx]) % self.ratio)
+        return [(self.song_ids[i], int(s)) for i, s in zip(idx, starts)]
+
+    def batch(self, windows: list[tuple[str, int]]) -> dict[str, np.ndarray]:
+        rows = []
+        for sid, start in windows:
+            song = self.codes.songs[sid]
+            genres = (song.genre_ids + [-1] * MAX_GENRES)[:MAX_GENRES]
+            row = {"codes": song.codes[start:start + self.n_ctx], "artist": song.artist_id, "genres": genres,
+                   "total_length": song.total_length, "offset": start * self.hop}
+            if self.upper is not None:
+                up = self.upper.songs[sid].codes
+                row["upper_codes"] = up[start // self.ratio:(start + self.n_ctx) // self.ratio]
+            if self.lyrics is not None:
+                text = self.lyrics.window(sid, start * self.hop, self.n_ctx * self.hop) if sid in self.lyrics.song_ids else ""
+                row["lyrics"] = lyrics_tokens(text, self.n_chars)
+            rows.append(row)
+        return {k: np.asarray([r[k] for r in rows], dtype=np.int64) for k in rows[0]}
+
+    def load_batch(self, step: int, micro: int, rank: int, world: int, size: int) -> dict[str, np.ndarray]:
+        specs = self.windows([self.seed, step, micro], size * world)[rank * size:(rank + 1) * size]
+        return self.batch(specs)

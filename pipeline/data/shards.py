@@ -18,6 +18,7 @@ touches only the one or two row groups that hold it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -128,11 +129,45 @@ def write_shard(rows: list[dict[str, Any]], out: Path, run_id: str, layout: Shar
                   "run_id": run_id} for r in bad]
         pq.write_table(pa.Table.from_pylist(qrows, schema=QUARANTINE_SCHEMA), staging / QUARANTINE / part)
         staged.append(QUARANTINE)
-    for sub in (SEGMENTS, QUARANTINE, SONGS):  # songs last: the commit point of the shard
-        if sub in staged:
-            (out / sub).mkdir(parents=True, exist_ok=True)
-            os.replace(staging / sub / part, out / sub / part)
+    with _commit_lock(out):
+        writer = (out / WRITER_FILE).read_text().strip() if (out / WRITER_FILE).exists() else run_id
+        if writer != run_id:  # a worker of a killed run still alive: a newer run owns the output
+            raise SupersededRun(f"run {run_id} was superseded by run {writer}: shard {part} is not committed")
+        for sub in (SEGMENTS, QUARANTINE, SONGS):  # songs last: the commit point of the shard
+            if sub in staged:
+                (out / sub).mkdir(parents=True, exist_ok=True)
+                os.replace(staging / sub / part, out / sub / part)
     return part
+
+
+class SupersededRun(RuntimeError):
+    """A shard of a run that a newer run has taken the output from."""
+
+
+WRITER_FILE, COMMIT_LOCK = ".writer", ".commit.lock"
+
+
+@contextlib.contextmanager
+def _commit_lock(out: Path):
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / COMMIT_LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def claim_output(out: Path, run_id: str) -> None:
+    """Make ``run_id`` the only run that may commit to ``out``, before it looks at what is there.
+
+    A killed run's driver is gone, but one of its Ray workers can outlive it by seconds and
+    still commit a shard (seen: a song twice after a rerun). Commits check the claim under a
+    lock, so once this returns no older run can add anything the new run has not seen."""
+    with _commit_lock(out):
+        (out / WRITER_FILE).write_text(run_id)
 
 
 def recover(out: Path) -> dict[str, int]:

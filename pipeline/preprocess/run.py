@@ -152,6 +152,7 @@ def run_preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
         rec["input_index"] = i
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     with OutputLock(out):
+        shards.claim_output(out, run_id)  # a killed run's straggling worker commits nothing from now on
         recovered = shards.recover(out)
         song_ids, quarantined = _existing_state(out)
         choice = choose_separator(cfg.separate, out, cfg.mlflow_tracking_uri)  # model errors before Ray starts

@@ -138,6 +138,21 @@ def check_upstream(cfg: TrainPriorConfig, model: PriorConfig, tracking: str) -> 
     return found
 
 
+def check_windows(source_args: dict, holdout: float) -> None:
+    """Training (and held-out) windows exist in the code cache: refused in the driver, not in a worker."""
+    from pipeline.train.sources import PriorWindows
+
+    spans = {"training": (0.0, 1.0 - holdout)}
+    if holdout:
+        spans["held-out"] = (1.0 - holdout, 1.0)
+    for what, span in spans.items():
+        try:
+            PriorWindows(**source_args, span=span).open()
+        except ValueError as exc:
+            raise ConfigError(f"{what} windows: {exc} (a shorter --model.n_ctx, longer songs"
+                              + (", or another --holdout)" if holdout else ")")) from None
+
+
 def train_prior(cfg: TrainPriorConfig) -> dict:
     from pipeline.services import init_ray, tracking_uri
     from pipeline.train.encode import EncodeSettings, get_or_build
@@ -171,6 +186,7 @@ def train_prior(cfg: TrainPriorConfig) -> dict:
         facts["upper_code_cache"] = upper_facts
     if model.lyrics is not None:
         source_args.update(shards=str(shards), n_chars=model.lyrics.encoder.n_ctx)
+    check_windows(source_args, cfg.holdout)
     card_extra = {"vocab_version": upstream["vocab_version"], "vqvae": lineage["vqvae"], "upper_vqvae": lineage.get("upper_vqvae", "")}
     task = PriorTask(model, source_args, cfg.holdout, card_extra=card_extra, lineage=lineage)
     spec = TrainSpec(task, task.source(), rt, cfg.optim, cfg.checkpoint, tracking, job_started=job_started)

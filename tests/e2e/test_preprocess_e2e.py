@@ -277,7 +277,7 @@ def test_same_files_run_under_ray_job_submit(tmp_path):
         assert mv.tags["hop_length"] == "128" and mv.tags["steps"] == "4"
         # the first use our users named: the top prior on the codes of the VQ-VAE the cluster just registered
         succeeded(submit("jobs/train_prior.py", "--level", "top", "--preset", "tiny", "--shards", str(tmp_path / "out"),
-                         "--holdout", "0.2", "--runtime.workers", "2", "--runtime.total_steps", "2", "--checkpoint.every", "2",
+                         "--holdout", "0", "--runtime.workers", "2", "--runtime.total_steps", "2", "--checkpoint.every", "2",
                          "--checkpoint.storage", str(tmp_path / "runs"), "--mlflow_tracking_uri", db))
         prior = client.get_model_version_by_alias("jukebox-prior-top", "current")
         assert prior.tags["vqvae"] == "models:/jukebox-vqvae-top/1" and prior.tags["lyrics"] == "True"

@@ -53,3 +53,16 @@ def test_recover_removes_half_written_shards(tmp_path):
     assert shards.ShardReader(tmp_path).read_window("s0", 0, 10).shape == (10, 2)
     parts = shards.committed_parts(tmp_path)
     assert {p["path"].split("/")[0] for p in parts} == {"songs", "segments"} and all(p["rows"] > 0 for p in parts)
+
+
+def test_a_superseded_run_commits_nothing(tmp_path):
+    """A killed run's straggling worker must not add a shard once a rerun has claimed the output."""
+    layout = shards.ShardLayout("pcm16", 1024, 4)
+    shards.claim_output(tmp_path, "old")
+    shards.write_shard([_row("s0", np.zeros((3000, 2), np.float32))], tmp_path, "old", layout)
+    shards.claim_output(tmp_path, "new")
+    with pytest.raises(shards.SupersededRun, match="superseded by run new"):
+        shards.write_shard([_row("s1", np.zeros((3000, 2), np.float32))], tmp_path, "old", layout)
+    assert len(list((tmp_path / shards.SONGS).glob("*.parquet"))) == 1
+    shards.write_shard([_row("s1", np.zeros((3000, 2), np.float32))], tmp_path, "new", layout)
+    assert len(list((tmp_path / shards.SONGS).glob("*.parquet"))) == 2

@@ -1,9 +1,9 @@
-"""What the loader actors run: the ``DataSource`` role, the Ray Data stream of each rank, and the
-data sources of the model families.
+"""What the loader actors run: the ``DataSource`` role, each rank's loader actor and its stream
+(``RankStream``), and the data sources of the model families.
 
 Nothing here imports torch (or a model): a loader actor is a fresh process, and importing
 torch there (1.2 s on an idle core) came before every run's first batch. Batches are numpy
-arrays; ``iter_torch_batches`` makes tensors in the worker.
+arrays; the worker makes tensors of them.
 """
 
 from __future__ import annotations

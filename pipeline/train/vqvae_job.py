@@ -115,7 +115,7 @@ def train_vqvae(cfg: TrainVQVAEConfig) -> dict:
     tracking = Tracking(tracking_uri(cfg.mlflow_tracking_uri or None), cfg.experiment,
                         cfg.register or f"jukebox-vqvae-{cfg.level}", cfg.alias)
     rt = cfg.runtime
-    need = rt.workers * (rt.cpus_per_worker + rt.data_cpus) + 1  # + 1: Ray Data's own read tasks
+    need = rt.workers * (rt.cpus_per_worker + rt.data_cpus) + 1  # + 1: a spare CPU for Ray's own tasks and actors
     # (not overlapped in threads with Ray's start: concurrent first imports of torch/Ray/MLflow modules can deadlock)
     scales = estimate_loss_scales(sampler, model)
     init_ray(cfg.ray_address or None, cfg.num_cpus or max(os.cpu_count() or 1, int(need + 0.999)), progress=False)

@@ -17,16 +17,20 @@ python_311() {
   echo "error: Python 3.11 is required (set PYTHON=/path/to/python3.11)" >&2; exit 1
 }
 
-# espeak-ng (C library + voices) is what the offline default aligner speaks the lyrics with.
+# espeak-ng (C library + voices) is what the offline default aligner speaks the lyrics with;
+# chromium is the headless browser the sample page's test plays its audio in.
 system_packages() {
-  ldconfig -p 2>/dev/null | grep -q libespeak-ng && return
+  local missing=""
+  ldconfig -p 2>/dev/null | grep -q libespeak-ng || missing="espeak-ng"
+  command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+  [ -z "$missing" ] && return
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
   elif command -v apt-get >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-    sudo apt-get update -qq >/dev/null && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null
+    sudo apt-get update -qq >/dev/null && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
   else
-    echo "warning: espeak-ng is missing (apt-get install espeak-ng | brew install espeak-ng);" \
-         "the tts_dtw aligner falls back to vocal_activity without it" >&2
+    echo "warning: missing system packages:$missing (apt-get install espeak-ng chromium);" \
+         "the tts_dtw aligner falls back to vocal_activity without espeak-ng; the sample page's browser test needs chromium" >&2
   fi
 }
 

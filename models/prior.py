@@ -131,19 +131,31 @@ class Prior(nn.Module):
     # ------------------------------------------------------------ sampling
 
     @torch.no_grad()
-    def start_sampling(self, batch: dict[str, torch.Tensor], length: int | None = None) -> dict:
-        """The state ``step`` advances: conditioning computed once, empty key/value caches."""
+    def start_sampling(self, batch: dict[str, torch.Tensor], length: int | None = None) -> dict[str, torch.Tensor]:
+        """The state ``token_logits`` reads: the conditioning computed once, empty key/value caches."""
         length = length or self.cfg.n_ctx
         start, positions, memory, _ = self.conditioning(batch, length)
-        caches = self.transformer.new_cache(start.shape[0], memory, dtype=positions.dtype, device=positions.device)
-        return {"start": start, "positions": positions, "caches": caches}
+        cache = self.transformer.new_cache(start.shape[0], memory, dtype=positions.dtype, device=positions.device)
+        return {"start": start.to(positions.dtype), "positions": positions, **cache}
+
+    def token_logits(self, state: dict[str, torch.Tensor], previous: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(logits (batch, bins) of the token at ``pos``, its keys, its values), given the token at
+        ``pos - 1`` (ignored at 0). Pure and shape-static in ``pos`` (a 0-d tensor): one compiled
+        graph serves a whole window; ``Transformer.write`` stores the keys and values."""
+        x = torch.where(pos == 0, state["start"], self.embed(previous)[:, None].to(state["start"].dtype))
+        x = x + state["positions"].index_select(1, pos.view(1))
+        h, keys, values = self.transformer.step(x, pos, state)
+        return self.out(h)[:, 0], keys, values
 
     @torch.no_grad()
-    def step(self, state: dict, previous: torch.Tensor | None, pos: int) -> torch.Tensor:
-        """Logits (batch, bins) of the token at ``pos``, given the token at ``pos - 1`` (None at 0)."""
-        x = state["start"] if pos == 0 else self.embed(previous).view(-1, 1, self.cfg.transformer.width)
-        x = x.to(state["positions"].dtype) + state["positions"][:, pos:pos + 1]
-        return self.out(self.transformer.step(x, pos, state["caches"]))[:, 0]
+    def step(self, state: dict[str, torch.Tensor], previous: torch.Tensor | None, pos: int) -> torch.Tensor:
+        """Logits (batch, bins) of the token at ``pos`` given the token at ``pos - 1`` (None at 0); the cache is updated."""
+        if previous is None:
+            previous = torch.zeros(state["start"].shape[0], dtype=torch.long, device=state["start"].device)
+        pos_t = torch.tensor(pos, device=state["start"].device)
+        logits, keys, values = self.token_logits(state, previous, pos_t)
+        self.transformer.write(state, pos_t, keys, values)
+        return logits
 
 
 def count_parameters(model: Prior) -> dict[str, int]:

@@ -70,20 +70,24 @@ def _prev_block_mask(n_blocks: int, block_len: int, device) -> torch.Tensor:
 
 
 def factorized_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kind: str, block_len: int) -> torch.Tensor:
-    """q, k, v: (batch, heads, time, head_dim), time a whole number of blocks."""
+    """q, k, v: (batch, heads, time, head_dim), time a whole number of blocks.
+
+    Batch and heads are merged so every call is 4-D: torch.compile's attention decomposition
+    mis-broadcasts the causal mask of 5-D inputs (torch 2.13).
+    """
     b, h, t, d = q.shape
     if kind == "dense":
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     nb = t // block_len
-    qb, kb, vb = (x.reshape(b, h, nb, block_len, d) for x in (q, k, v))
+    qb, kb, vb = (x.reshape(b * h, nb, block_len, d) for x in (q, k, v))
     if kind == "row":
         out = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True)
     elif kind == "col":
-        qc, kc, vc = (x.transpose(2, 3) for x in (qb, kb, vb))  # (b, h, block_len, nb, d): causal over blocks
-        out = F.scaled_dot_product_attention(qc, kc, vc, is_causal=True).transpose(2, 3)
+        qc, kc, vc = (x.transpose(1, 2) for x in (qb, kb, vb))  # (b h, block_len, nb, d): causal over blocks
+        out = F.scaled_dot_product_attention(qc, kc, vc, is_causal=True).transpose(1, 2)
     elif kind == "prev":
-        shift = lambda x: torch.cat([torch.zeros_like(x[:, :, :1]), x[:, :, :-1]], dim=2)  # noqa: E731
-        keys, values = torch.cat([shift(kb), kb], dim=3), torch.cat([shift(vb), vb], dim=3)
+        shift = lambda x: torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)  # noqa: E731
+        keys, values = torch.cat([shift(kb), kb], dim=2), torch.cat([shift(vb), vb], dim=2)
         out = F.scaled_dot_product_attention(qb, keys, values, attn_mask=_prev_block_mask(nb, block_len, q.device))
     else:
         raise ValueError(f"unknown attention pattern {kind!r}")
@@ -128,21 +132,45 @@ class Attention(nn.Module):
         q, k, v = (self._heads(t) for t in self.qkv(x).chunk(3, dim=-1))
         return self._merge(factorized_attention(q, k, v, self.kind, self.block_len))
 
-    def step(self, x: torch.Tensor, pos: int, cache: dict) -> torch.Tensor:
-        """One token at position ``pos``: x (batch, 1, width). ``cache`` holds this layer's keys and values."""
+    def step(self, x: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One token at position ``pos`` (a 0-d tensor): x (batch, 1, width); ``keys``/``values`` this
+        layer's cache (batch, heads, n_ctx, head_dim) for positions before ``pos`` (a cross layer: the
+        memory's). Returns (output, this token's key, value); the caller writes them into the cache.
+
+        Static shapes throughout: the keys a pattern allows are gathered by index into a buffer of
+        fixed length and masked, so one compiled graph serves every position."""
         if self.kind == "cross":
-            return self._merge(F.scaled_dot_product_attention(self._heads(self.q(x)), cache["k"], cache["v"]))
+            return self._merge(_attend(self._heads(self.q(x)), keys, values, None)), None, None
         q, k, v = (self._heads(t) for t in self.qkv(x).chunk(3, dim=-1))
-        cache["k"][:, :, pos], cache["v"][:, :, pos] = k[:, :, 0], v[:, :, 0]
-        lo, stride = 0, 1
-        if self.kind == "row":
-            lo = pos - pos % self.block_len
-        elif self.kind == "prev":
-            lo = max(0, pos - pos % self.block_len - self.block_len)
-        elif self.kind == "col":
-            lo, stride = pos % self.block_len, self.block_len
-        keys, values = cache["k"][:, :, lo:pos + 1:stride], cache["v"][:, :, lo:pos + 1:stride]
-        return self._merge(F.scaled_dot_product_attention(q, keys, values))
+        index, allowed = _step_keys(self.kind, pos, self.block_len, keys.shape[2])
+        keys, values = torch.cat([keys.index_select(2, index), k], 2), torch.cat([values.index_select(2, index), v], 2)
+        allowed = torch.cat([allowed, allowed.new_ones(1)])  # the token itself
+        return self._merge(_attend(q, keys, values, allowed)), k, v
+
+
+def _step_keys(kind: str, pos: torch.Tensor, block_len: int, n_ctx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cache index, allowed) of the earlier keys a pattern lets the token at ``pos`` see, in a
+    fixed-size window: row (its block), prev (the previous block and its own), col (its column)."""
+    arange = torch.arange
+    if kind == "row":
+        index = pos - pos % block_len + arange(block_len, device=pos.device)
+    elif kind == "prev":
+        index = pos - pos % block_len - block_len + arange(2 * block_len, device=pos.device)
+    elif kind == "col":
+        index = pos % block_len + block_len * arange(n_ctx // block_len, device=pos.device)
+    else:  # dense
+        index = arange(n_ctx, device=pos.device)
+    allowed = (index >= 0) & (index < pos)
+    return index.clamp(0, n_ctx - 1), allowed
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+    """Attention of one query row, written out: for a single query, torch's fused kernels cost more
+    in set-up than the arithmetic, and a compiler fuses these few ops into one loop."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.softmax(scores.float(), dim=-1).to(v.dtype) @ v
 
 
 class Block(nn.Module):
@@ -157,9 +185,10 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_attn(x), memory)
         return x + self.mlp(self.ln_mlp(x))
 
-    def step(self, x: torch.Tensor, pos: int, cache: dict) -> torch.Tensor:
-        x = x + self.attn.step(self.ln_attn(x), pos, cache)
-        return x + self.mlp(self.ln_mlp(x))
+    def step(self, x: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out, k, v = self.attn.step(self.ln_attn(x), pos, keys, values)
+        x = x + out
+        return x + self.mlp(self.ln_mlp(x)), k, v
 
 
 class Transformer(nn.Module):
@@ -180,22 +209,33 @@ class Transformer(nn.Module):
                 x = block(x, memory)
         return self.ln_out(x)
 
-    def new_cache(self, batch: int, memory: torch.Tensor | None = None, dtype=None, device=None) -> list[dict]:
-        """Empty key/value buffers for sampling (the cross layers' keys and values of ``memory`` once)."""
+    def new_cache(self, batch: int, memory: torch.Tensor | None = None, dtype=None, device=None) -> dict[str, torch.Tensor]:
+        """Key/value buffers for sampling: ``k``/``v`` (layers, batch, heads, n_ctx, head_dim), and the
+        cross layers' keys and values of ``memory``, computed once (``memory_k``/``memory_v``)."""
         cfg = self.cfg
-        head_dim = cfg.attn_width // cfg.heads
-        caches = []
-        for block in self.blocks:
-            if block.attn.kind == "cross":
-                k, v = block.attn.memory_kv(memory)
-                caches.append({"k": k, "v": v})
-            else:
-                shape = (batch, cfg.heads, cfg.n_ctx, head_dim)
-                caches.append({"k": torch.zeros(shape, dtype=dtype, device=device),
-                               "v": torch.zeros(shape, dtype=dtype, device=device)})
-        return caches
+        shape = (cfg.depth, batch, cfg.heads, cfg.n_ctx, cfg.attn_width // cfg.heads)
+        cache = {"k": torch.zeros(shape, dtype=dtype, device=device), "v": torch.zeros(shape, dtype=dtype, device=device)}
+        cross = [block.attn.memory_kv(memory) for block in self.blocks if block.attn.kind == "cross"]
+        if cross:
+            cache["memory_k"], cache["memory_v"] = (torch.stack([kv[i] for kv in cross]) for i in (0, 1))
+        return cache
 
-    def step(self, x: torch.Tensor, pos: int, caches: list[dict]) -> torch.Tensor:
-        for block, cache in zip(self.blocks, caches):
-            x = block.step(x, pos, cache)
-        return self.ln_out(x)
+    def step(self, x: torch.Tensor, pos: torch.Tensor, cache: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """One token through every layer: (output (batch, 1, width), its keys and values (layers, batch,
+        heads, 1, head_dim)). Pure (the cache is only read), so it compiles to one graph; ``write`` stores."""
+        ks, vs, cross = [], [], 0
+        for i, block in enumerate(self.blocks):
+            if block.attn.kind == "cross":
+                x, k, v = block.step(x, pos, cache["memory_k"][cross], cache["memory_v"][cross])
+                cross += 1
+                k = v = torch.zeros_like(cache["k"][0, :, :, :1])  # a placeholder: the stack keeps one row per layer
+            else:
+                x, k, v = block.step(x, pos, cache["k"][i], cache["v"][i])
+            ks.append(k)
+            vs.append(v)
+        return self.ln_out(x), torch.stack(ks), torch.stack(vs)
+
+    @staticmethod
+    def write(cache: dict[str, torch.Tensor], pos: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
+        cache["k"].index_copy_(3, pos.view(1), keys)
+        cache["v"].index_copy_(3, pos.view(1), values)

@@ -86,6 +86,9 @@ def download(uri: str, cache: str | Path | None = None, tracking_uri: str | None
 
     from pipeline.services import RUNS_DIR
 
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per small download is noise in a job's log
     mv = resolve(uri, tracking_uri)
     c = client(tracking_uri)
     root = Path(cache or RUNS_DIR / "registry").expanduser().resolve()
@@ -200,9 +203,14 @@ def load_model(uri: str, tracking_uri: str | None = None, needs: dict[str, Any] 
 
 # ---------------------------------------------------------------- registering
 
+# in card.json only: too long for a tag (a prior's artist and genre tables)
+CARD_FILE_ONLY = ("vocab",)
+
+
 def card_tags(card: dict[str, Any]) -> dict[str, str]:
     """Scalars as they are; nested parts (config, lineage) as JSON (MLflow tags are strings)."""
-    return {k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list, tuple)) else str(v))[:5000] for k, v in card.items()}
+    return {k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list, tuple)) else str(v))[:5000] for k, v in card.items()
+            if k not in CARD_FILE_ONLY}
 
 
 def lineage_tags(lineage: dict[str, Any]) -> dict[str, str]:

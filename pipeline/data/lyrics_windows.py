@@ -31,11 +31,16 @@ def lyrics_window(lyrics: str, char_onsets: np.ndarray, start_s: float, end_s: f
     """
     if not lyrics:
         return ""
+    lo = lyrics_window_start(lyrics, char_onsets, start_s, end_s, n_chars)
+    return lyrics[lo:lo + n_chars]
+
+
+def lyrics_window_start(lyrics: str, char_onsets: np.ndarray, start_s: float, end_s: float, n_chars: int = 512) -> int:
+    """Where ``lyrics_window``'s characters begin in ``lyrics``."""
     first = int(np.searchsorted(char_onsets, start_s, side="left"))
     last = int(np.searchsorted(char_onsets, end_s, side="left"))
     centre = (first + last) // 2
-    lo = max(0, min(centre - n_chars // 2, len(lyrics) - n_chars))
-    return lyrics[lo:lo + n_chars]
+    return max(0, min(centre - n_chars // 2, len(lyrics) - n_chars))
 
 
 @dataclass

@@ -46,23 +46,11 @@ class EncodeSongs:
         self.reader, self.settings = ShardReader(shards), settings
 
     def encode_song(self, song_id: str) -> np.ndarray:
-        import torch
+        from pipeline.codec import encode_audio
 
         n = int(self.reader.songs[song_id]["num_samples"])
-        chunk, ctx = self.settings.chunk_samples, self.settings.context_samples
-        if chunk % self.hop or ctx % self.hop:
-            raise ValueError(f"chunk ({chunk}) and context ({ctx}) samples must be multiples of the hop {self.hop}")
-        tokens = n // self.hop
-        out = np.empty(tokens, dtype=np.int16)
-        for start in range(0, tokens * self.hop, chunk):
-            lo, hi = max(0, start - ctx), min(start + chunk + ctx, tokens * self.hop)  # the song's edges pad as in one pass
-            audio = self.reader.read_window(song_id, lo, hi - lo).mean(axis=1, keepdims=True)  # the VQ-VAE is mono
-            with torch.inference_mode():
-                codes = self.model.encode(torch.from_numpy(audio)[None].to(self.device))[0].cpu().numpy()
-            first = (start - lo) // self.hop
-            count = min(chunk, tokens * self.hop - start) // self.hop
-            out[start // self.hop:start // self.hop + count] = codes[first:first + count]
-        return out
+        read = lambda lo, hi: self.reader.read_window(song_id, lo, hi - lo).mean(axis=1, keepdims=True)  # noqa: E731 (mono)
+        return encode_audio(self.model, read, n, self.settings.chunk_samples, self.settings.context_samples, self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         codes = [self.encode_song(str(s)) for s in batch["song_id"]]

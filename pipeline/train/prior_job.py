@@ -135,6 +135,8 @@ def check_upstream(cfg: TrainPriorConfig, model: PriorConfig, tracking: str) -> 
                 raise ConfigError(f"vocabulary v{version} has {len(vocab[table])} {table}; the prior's table has {rows} rows "
                                   f"(--model.{flag} {len(vocab[table])} or more)")
     found["vocab_version"] = version
+    # the names a sampler conditions by travel with the model (its card.json), not with the shards
+    found["vocab"] = {"artists": vocab["artists"], "genres": vocab["genres"]} if vocab is not None else None
     return found
 
 
@@ -187,7 +189,8 @@ def train_prior(cfg: TrainPriorConfig) -> dict:
     if model.lyrics is not None:
         source_args.update(shards=str(shards), n_chars=model.lyrics.encoder.n_ctx)
     check_windows(source_args, cfg.holdout)
-    card_extra = {"vocab_version": upstream["vocab_version"], "vqvae": lineage["vqvae"], "upper_vqvae": lineage.get("upper_vqvae", "")}
+    card_extra = {"vocab_version": upstream["vocab_version"], "vqvae": lineage["vqvae"], "upper_vqvae": lineage.get("upper_vqvae", ""),
+                  "vocab": upstream["vocab"]}
     task = PriorTask(model, source_args, cfg.holdout, card_extra=card_extra, lineage=lineage)
     spec = TrainSpec(task, task.source(), rt, cfg.optim, cfg.checkpoint, tracking, job_started=job_started)
     summary = train_and_register(spec, level=cfg.level)

@@ -166,7 +166,8 @@ def build_optimizer(model: torch.nn.Module, optim: OptimConfig, offload: bool, d
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         return DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs)
-    return torch.optim.AdamW(groups, fused=device == "cuda", **kwargs)
+    # fused: one kernel over all parameters instead of a dozen ops per parameter (CPU too since torch 2.4)
+    return torch.optim.AdamW(groups, fused=device in ("cuda", "cpu"), **kwargs)
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
@@ -280,6 +281,8 @@ def build_engine(spec: TrainSpec, world: int, device: str):
     partitioned = deepspeed.zero.Init(config_dict_or_path=ds_config) if cfg.zero_stage == 3 else contextlib.nullcontext()
     with partitioned:
         model = spec.task.build_model()  # ZeRO-3: each module's parameters are partitioned as it is built
+    if cfg.compile:
+        model.compile()  # in place: the state dict keeps its names, so checkpoints and the registry do not change
     optimizer = build_optimizer(model, spec.optim, cfg.offload, device)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     dtype = torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float16 if ds_config["fp16"]["enabled"] else torch.float32

@@ -79,7 +79,8 @@ def time_training(cfg: PriorConfig, steps: int, batch: int, compiled: bool) -> d
     with FlopCounterMode(display=False) as counter:
         loss, _ = Prior(cfg).loss(data[0])  # eager: the counter sees aten ops
         loss.backward()
-    return {"compiled": compiled, "first_two_steps_s": warm, "step_s": statistics.median(times), "step_s_min": min(times), "steps_s": times, "cpu_s": statistics.median(cpu),
+    return {"compiled": compiled, "first_two_steps_s": warm, "step_s": statistics.median(times), "step_s_min": min(times),
+            "steps_s": times, "cpu_s": statistics.median(cpu),
             "flops_per_step": counter.get_total_flops(), "params": sum(p.numel() for p in model.parameters())}
 
 

@@ -82,11 +82,11 @@ def resolve(uri: str, tracking_uri: str | None = None):
 
 def download(uri: str, cache: str | Path | None = None, tracking_uri: str | None = None) -> RegisteredModel:
     """The version ``uri`` names, downloaded once into ``cache`` (default ``runs/registry``)."""
+    import os
+
     import mlflow
 
     from pipeline.services import RUNS_DIR
-
-    import os
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per small download is noise in a job's log
     mv = resolve(uri, tracking_uri)

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from registered_vqvae import register_tiny_prior, register_tiny_vqvae
 
 from pipeline.config import ConfigError
 from pipeline.registry import RegistryError
 from pipeline.sample.config import SampleConfig
 from pipeline.sample.run import sample
-from registered_vqvae import register_tiny_prior, register_tiny_vqvae
 
 ROOT = Path(__file__).resolve().parents[2]
 VOCAB = {"artists": {"unknown": 0, "ada lovelace": 1, "the beatles": 2}, "genres": {"unknown": 0, "rock": 1, "jazz": 2}}
@@ -63,7 +63,8 @@ def test_all_levels_decoded_to_exact_durations_and_logged(store, full_run):
     cfg, summary = full_run
     out = Path(summary["out"])
     top, middle, bottom = (np.load(out / "codes" / f"{lv}.npy") for lv in ("top", "middle", "bottom"))
-    assert top.shape == (2, -(-int(DURATION * 44100) // 128)) and middle.shape[1] == 4 * top.shape[1] and bottom.shape[1] == 16 * top.shape[1]
+    assert top.shape == (2, -(-int(DURATION * 44100) // 128))
+    assert middle.shape[1] == 4 * top.shape[1] and bottom.shape[1] == 16 * top.shape[1]
     for i in range(2):
         for wav in (out / f"sample-{i}.wav", out / "top" / f"sample-{i}.wav"):
             info = sf.info(wav)

@@ -1,11 +1,12 @@
-"""Prior training step and KV-cache sampling on the CPU, beside the original 2020 implementation.
+"""Prior training step on the CPU, eager and compiled, beside the original 2020 implementation
+(sampling speed: bench/bench_sampling.py).
 
     OMP_WAIT_POLICY=PASSIVE python bench/bench_prior_step.py [--peer JUKEBOX_GIT_DIR] [--steps 10]
 
 The issue's configuration (the peer harness's configs b and c, ../shared/peer/configs.json):
 a top-level prior over 2048 codes, context 2048, width 256, depth 8, 2 heads, factorized
 attention in blocks of 64 (row / column / previous-row layers), batch 2, fp32, AdamW, 2
-threads, OMP_WAIT_POLICY=PASSIVE; and sampling 512 tokens with the key/value cache, batch 1.
+threads, OMP_WAIT_POLICY=PASSIVE.
 FLOPs per step are counted by torch's FlopCounterMode (forward + backward); the ceiling is
 the best of a few 2048^3 fp32 matmuls on the same threads. With ``--peer``, the original
 code is timed by ../shared/peer/run.sh in the same sitting and the ratios are reported.
@@ -84,22 +85,8 @@ def time_training(cfg: PriorConfig, steps: int, batch: int, compiled: bool) -> d
             "flops_per_step": counter.get_total_flops(), "params": sum(p.numel() for p in model.parameters())}
 
 
-def time_sampling(cfg: PriorConfig, tokens: int) -> dict:
-    torch.manual_seed(0)
-    model = Prior(cfg).eval()
-    cond = batch_of(cfg, 1, 0)
-    t = time.perf_counter()
-    state = model.start_sampling(cond)
-    prev = None
-    for pos in range(tokens):
-        logits = model.step(state, prev, pos)
-        prev = torch.multinomial(torch.softmax(logits.float(), -1), 1)[:, 0]
-    seconds = time.perf_counter() - t
-    return {"tokens": tokens, "seconds": seconds, "ms_per_token": 1000 * seconds / tokens}
-
-
 def run_peer(git_dir: str) -> dict:
-    out = subprocess.run(["bash", str(ROOT.parent / "shared" / "peer" / "run.sh"), git_dir, "--only", "b_,c_", "--no-selfcheck"],
+    out = subprocess.run(["bash", str(ROOT.parent / "shared" / "peer" / "run.sh"), git_dir, "--only", "b_", "--no-selfcheck"],
                          cwd=ROOT, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
@@ -109,7 +96,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--sample-tokens", type=int, default=512)
     ap.add_argument("--peer", default="", help="git directory of openai/jukebox: time the original in the same sitting")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -117,29 +103,23 @@ def main() -> None:
     ceiling = matmul_ceiling()
     eager = time_training(cfg, args.steps, args.batch, compiled=False)
     train = time_training(cfg, args.steps, args.batch, compiled=True)
-    sample = time_sampling(cfg, args.sample_tokens)
     mfu_eager = eager["flops_per_step"] / eager["step_s"] / ceiling
     mfu = train["flops_per_step"] / train["step_s"] / ceiling
     result = {"config": {"n_ctx": 2048, "width": 256, "depth": 8, "heads": 2, "block_len": 64, "batch": args.batch, "fp32": True,
                          "threads": args.threads, "omp_wait_policy": os.environ["OMP_WAIT_POLICY"]},
-              "matmul_ceiling_flops": ceiling, "train_eager": eager, "mfu_eager": mfu_eager, "train": train, "mfu": mfu,
-              "sample": sample}
+              "matmul_ceiling_flops": ceiling, "train_eager": eager, "mfu_eager": mfu_eager, "train": train, "mfu": mfu}
     rows = [["ours, eager: train step", f"{eager['step_s']:.3f} s", f"{eager['flops_per_step'] / 1e9:.1f}", f"{mfu_eager:.1%}"],
             [f"ours, compiled: train step (compile {train['first_two_steps_s']:.0f} s once)", f"{train['step_s']:.3f} s",
-             f"{train['flops_per_step'] / 1e9:.1f}", f"{mfu:.1%}"],
-            ["ours: KV-cache sampling", f"{sample['ms_per_token']:.2f} ms/token", "", ""]]
+             f"{train['flops_per_step'] / 1e9:.1f}", f"{mfu:.1%}"]]
     if args.peer:
         peer = run_peer(args.peer)
         result["peer"] = peer
-        b, c = peer["summary"]["b_prior_top_factorized_train"], peer["summary"]["c_prior_top_sample_kvcache"]
-        peer_step, peer_ms = b["median_s"], c["ms_per_token_median"]
-        result["ratios"] = {"train_step_speedup": peer_step / train["step_s"], "train_step_speedup_eager": peer_step / eager["step_s"],
-                            "sampling_speedup": peer_ms / sample["ms_per_token"]}
+        b = peer["summary"]["b_prior_top_factorized_train"]
+        peer_step = b["median_s"]
+        result["ratios"] = {"train_step_speedup": peer_step / train["step_s"], "train_step_speedup_eager": peer_step / eager["step_s"]}
         rows += [["original 2020: train step", f"{peer_step:.3f} s", f"{b['gflop_counted']:.1f}", f"{b.get('mfu_median') or 0:.1%}"],
-                 ["original 2020: KV-cache sampling", f"{peer_ms:.2f} ms/token", "", ""],
-                 ["speed-up (train compiled / eager, sampling)",
-                  f"{result['ratios']['train_step_speedup']:.2f}x / {result['ratios']['train_step_speedup_eager']:.2f}x",
-                  f"{result['ratios']['sampling_speedup']:.2f}x", ""]]
+                 ["speed-up (compiled / eager)",
+                  f"{result['ratios']['train_step_speedup']:.2f}x / {result['ratios']['train_step_speedup_eager']:.2f}x", "", ""]]
     print(f"prior n_ctx 2048, width 256, depth 8, 2 heads, blocks of 64, batch {args.batch}, fp32, {args.threads} threads; "
           f"matmul ceiling {ceiling / 1e9:.1f} GFLOP/s")
     print(format_table(["what", "time", "GFLOP per step", "MFU"], rows))

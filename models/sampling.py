@@ -75,7 +75,7 @@ class TokenSampler:
         self.prior, self.settings = prior.eval(), settings
         self.guided = settings.cfg > 0
         self.tokens = 0  # sampled or primed, for progress
-        self.fn, self.inductor = self._token, {}
+        self.fn, self.inductor, self.compiled = self._token, {}, compile
         if compile:
             # a GPU: CUDA graphs. A CPU: the weights folded in as constants and inductor's own GEMM
             # kernels for one-row matmuls (2x faster than without; set while a graph compiles, as
@@ -84,7 +84,8 @@ class TokenSampler:
             on_gpu = next(prior.parameters()).device.type == "cuda"
             self.fn = torch.compile(self._token, dynamic=False, mode="reduce-overhead" if on_gpu else None)
             if not on_gpu:
-                self.inductor = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+                self.inductor = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",
+                                 "autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}  # quiet
 
     def _token(self, state: dict[str, torch.Tensor], previous: torch.Tensor, pos: torch.Tensor,
                uniform: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -114,20 +115,27 @@ class TokenSampler:
     def _loop(self, state, known, out, length, batch, generator, on_token) -> None:
         prior, n_known, device = self.prior, known.shape[1], out.device  # known: (batch, n_known)
         positions = torch.arange(length, device=device)
-        known = known.t().contiguous()  # (length, batch): a row per position, contiguous like a sampled token (no recompile)
+        # (length, batch): a row per position with the strides of a sampled token (a compiled step
+        # guards on strides, even of a batch of one, where .contiguous() would keep the old ones)
+        known = torch.empty(known.shape[::-1], dtype=known.dtype, device=device).copy_(known.t())
         previous = torch.zeros(known.shape[1], dtype=torch.long, device=device)
         prime_noise = torch.full((batch, prior.cfg.bins), 0.5, device=device)
-        for pos in range(length):
-            pos_t = positions[pos]
-            uniform = prime_noise if pos < n_known else torch.rand(batch, prior.cfg.bins, generator=generator).to(device)
-            token, keys, values = self.fn(state, previous, pos_t, uniform)
-            prior.transformer.write(state, pos_t, keys, values)
-            previous = known[pos] if pos < n_known else token
-            if pos >= n_known:
-                out[:, pos] = token
-            self.tokens += batch
-            if on_token is not None:
-                on_token(pos)
+        with contextlib.ExitStack() as stack:
+            for pos in range(length):
+                if pos == 1 and self.compiled:
+                    # every call of a window has the shapes, strides and dtypes of its first: the graph that
+                    # call chose serves the rest without re-checking its guards (~60 us a token on a CPU)
+                    stack.enter_context(torch.compiler.set_stance(skip_guard_eval_unsafe=True))
+                pos_t = positions[pos]
+                uniform = prime_noise if pos < n_known else torch.rand(batch, prior.cfg.bins, generator=generator).to(device)
+                token, keys, values = self.fn(state, previous, pos_t, uniform)
+                prior.transformer.write(state, pos_t, keys, values)
+                previous = known[pos] if pos < n_known else token
+                if pos >= n_known:
+                    out[:, pos] = token
+                self.tokens += batch
+                if on_token is not None:
+                    on_token(pos)
 
 
 def window_starts(total: int, n_ctx: int, hop: int, known: int, align: int = 1) -> list[tuple[int, int]]:

@@ -281,6 +281,13 @@ def test_same_files_run_under_ray_job_submit(tmp_path):
                          "--checkpoint.storage", str(tmp_path / "runs"), "--mlflow_tracking_uri", db))
         prior = client.get_model_version_by_alias("jukebox-prior-top", "current")
         assert prior.tags["vqvae"] == "models:/jukebox-vqvae-top/1" and prior.tags["lyrics"] == "True"
+        # and a song from it: the top level sampled and decoded by the cluster
+        succeeded(submit("jobs/sample.py", "--levels", "top", "--decode_levels", "top", "--duration", "2", "--lyrics", "la la la",
+                         "--out", str(tmp_path / "samples"), "--mlflow_tracking_uri", db))
+        import soundfile as sf
+
+        assert sf.info(tmp_path / "samples" / "top" / "sample-0.wav").frames == 2 * 44100
+        assert (tmp_path / "samples" / "index.html").exists()
         # the token is in no log: the head's console and every file of its Ray session
         session = re.search(r"(/\S+/session_[\w.-]+)/logs", head_log.read_text())
         logs = [head_log, *(Path(session.group(1)).rglob("*") if session else [])]

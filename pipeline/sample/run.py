@@ -16,6 +16,7 @@ Output folder::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -248,7 +249,22 @@ def sample(cfg: SampleConfig) -> dict[str, Any]:
     print(f"sampling {cfg.n_samples} x {cfg.duration} s ({', '.join(f'{lv} {tokens[lv]} tokens' for lv in cfg.level_list())}) "
           f"into {out}", flush=True)
 
-    workers = _start_workers(cfg, models, tracking, device) if cfg.workers else None
+    with _ray_workers(cfg, models, tracking, device) as workers:
+        codes, facts = _sample_levels(cfg, models, cond, tokens, known, out, device, workers)
+    audio = decode_levels(cfg, models, codes, total_samples, out, device)
+    alignment = lyrics_alignment(models, codes, cond, device, cfg.threads) if lyrics and "top" in models.priors else None
+    from pipeline.sample.page import write_page
+
+    page = write_page(out, cfg, models, audio, alignment, lyrics)
+    summary = {"out": str(out), "page": str(page), "wavs": sorted(str(p) for p in audio.values()),
+               "model_versions": models.versions(), "tokens": {lv: tokens[lv] for lv in cfg.level_list()}, **facts,
+               "wall_seconds": round(time.time() - started, 1)}
+    summary["mlflow_run_id"] = log_run(cfg, models, tracking, out, summary)
+    return summary
+
+
+def _sample_levels(cfg: SampleConfig, models: ModelSet, cond: Conditioning, tokens: dict[str, int], known: dict[str, np.ndarray],
+                   out: Path, device: str, workers: list | None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     codes: dict[str, np.ndarray] = {}
     facts: dict[str, float] = {}
     for level in cfg.level_list():
@@ -264,27 +280,31 @@ def sample(cfg: SampleConfig) -> dict[str, Any]:
                                                      device, workers if level != "top" else None)
             facts.update(level_facts)
         _save(path, codes[level])
-    audio = decode_levels(cfg, models, codes, total_samples, out, device)
-    alignment = lyrics_alignment(models, codes, cond, device, cfg.threads) if lyrics and "top" in models.priors else None
-    from pipeline.sample.page import write_page
-
-    page = write_page(out, cfg, models, audio, alignment, lyrics)
-    summary = {"out": str(out), "page": str(page), "wavs": sorted(str(p) for p in audio.values()),
-               "model_versions": models.versions(), "tokens": {lv: tokens[lv] for lv in cfg.level_list()}, **facts,
-               "wall_seconds": round(time.time() - started, 1)}
-    summary["mlflow_run_id"] = log_run(cfg, models, tracking, out, summary)
-    return summary
+    return codes, facts
 
 
-def _start_workers(cfg: SampleConfig, models: ModelSet, tracking: str, device: str) -> list:
+@contextlib.contextmanager
+def _ray_workers(cfg: SampleConfig, models: ModelSet, tracking: str, device: str):
+    """The upsampling actors (none without --workers); an embedded Ray started here stops with them."""
+    if not cfg.workers:
+        yield None
+        return
     import ray
 
     from pipeline.services import init_ray
 
-    init_ray(cfg.ray_address or None, max(os.cpu_count() or 1, cfg.workers * cfg.threads), progress=False)
+    started_here = not ray.is_initialized()
+    target = init_ray(cfg.ray_address or None, max(os.cpu_count() or 1, cfg.workers * cfg.threads), progress=False)
     actor = ray.remote(SegmentWorker).options(num_cpus=cfg.threads, num_gpus=1 if device == "cuda" else 0)
     uris = {level: (reg.uri, "") for level, reg in models.priors.items()}
-    return [actor.remote(uris, tracking, device, cfg.threads) for _ in range(cfg.workers)]
+    workers = [actor.remote(uris, tracking, device, cfg.threads) for _ in range(cfg.workers)]
+    try:
+        yield workers
+    finally:
+        for w in workers:
+            ray.kill(w)
+        if started_here and target == "local":
+            ray.shutdown()
 
 
 def decode_levels(cfg: SampleConfig, models: ModelSet, codes: dict[str, np.ndarray], total_samples: int, out: Path,

@@ -24,11 +24,17 @@ system_packages() {
   ldconfig -p 2>/dev/null | grep -q libespeak-ng || missing="espeak-ng"
   command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
   [ -z "$missing" ] && return
+  local apt=""
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    apt=""
   elif command -v apt-get >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-    sudo apt-get update -qq >/dev/null && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    apt="sudo"
   else
+    apt="none"
+  fi
+  # a package that cannot be installed is a warning, not a failed set-up: each has a fallback
+  if [ "$apt" = none ] || ! { $apt apt-get update -qq >/dev/null &&
+      $apt env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null; }; then
     echo "warning: missing system packages:$missing (apt-get install espeak-ng chromium);" \
          "the tts_dtw aligner falls back to vocal_activity without espeak-ng; the sample page's browser test needs chromium" >&2
   fi

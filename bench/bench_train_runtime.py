@@ -294,7 +294,8 @@ def main() -> None:
                              f"{r['largest_model_params_here'] / 1e9:.2f} B"] for r in done]
                            + [[r["config"], "failed: " + r["failed"][:60], "", "", "", "", "", "", ""] for r in runs if "failed" in r]))
         result.update(memory=runs, params=params, model=described)
-    print(save(f"train_runtime{args.tag}", result))
+    # --only startup keeps its own file: the memory table of a full run stays
+    print(save(f"train_runtime{'_startup' if args.only == 'startup' else ''}{args.tag}", result))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ class PriorOverrides:
     cond_dropout: float | None = field(None, "probability of training an example with unknown artist/genre (for guidance)")
     checkpoint_activations: bool | None = field(None, "recompute each layer in backward (on in the paper presets)")
     conditioner: bool | None = field(None, "upsamplers: false trains without the upper level's codes (a baseline)")
+    timing: bool | None = field(None, "top prior: the timing embeddings (total length, time, fraction elapsed); false drops them")
 
 
 def _prior_optim() -> OptimConfig:
@@ -88,6 +89,8 @@ class TrainPriorConfig:
         top = {k: v for k, v in dict(n_artists=o.n_artists, n_genres=o.n_genres, cond_dropout=o.cond_dropout).items() if v is not None}
         if o.conditioner is False:
             top["upsampler"] = None
+        if o.timing is not None:
+            top["timing"] = o.timing
         return dataclasses.replace(base, transformer=transformer, **top)
 
     def vqvae_uri(self) -> str:

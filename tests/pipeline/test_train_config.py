@@ -152,3 +152,13 @@ def test_partitioned_ema_follows_the_weights_and_reassembles(tmp_path):
     full = EMAReader(tmp_path).get("weight")
     assert torch.allclose(full, torch.arange(15.0).view(5, 3) * (1 - 0.9 ** 2)) and full.dtype == torch.float32
     emas[1].load(tmp_path)
+
+
+def test_prior_overrides_drop_the_conditioner_or_the_timing():
+    from pipeline.train.prior_job import PriorOverrides, TrainPriorConfig
+
+    top = TrainPriorConfig(level="top", preset="tiny", model=PriorOverrides(timing=False)).model_config()
+    assert top.timing is False and top.lyrics is not None
+    middle = TrainPriorConfig(level="middle", preset="tiny", model=PriorOverrides(conditioner=False)).model_config()
+    assert middle.upsampler is None
+    assert TrainPriorConfig(level="top", preset="tiny").model_config().timing is True

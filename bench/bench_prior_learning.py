@@ -27,6 +27,7 @@ Step counts come from a measured step time of the bare model (+ 20 % for the run
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -264,6 +265,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--work", default="")
     ap.add_argument("--protocol", choices=["later-spans", "leave-one-out"], default="later-spans")
+    ap.add_argument("--top-timing", choices=["true", "false"], default="true",
+                    help="later spans: the top prior with or without its timing embeddings (--model.timing)")
+    ap.add_argument("--only-top", action="store_true", help="later spans: the top prior only (reuses --work's VQ-VAEs if there)")
     args = ap.parse_args()
     if not (REALDATA / "JamendoLyrics.csv").exists():
         sys.exit(f"the shared real songs are not at {REALDATA}")
@@ -282,8 +286,17 @@ def main() -> None:
         return
     shards = real_shards(work)
     db = f"sqlite:///{work / 'mlflow.db'}"
-    vqvaes = train_vqvaes(shards, db, work, args.vqvae_steps)
-    top = train("top", shards, db, work, args.minutes, args.batch)
+    have = (work / "vqvaes.json").exists()
+    vqvaes = json.loads((work / "vqvaes.json").read_text()) if have else train_vqvaes(shards, db, work, args.vqvae_steps)
+    (work / "vqvaes.json").write_text(json.dumps(vqvaes))
+    top = train("top", shards, db, work, args.minutes, args.batch, {"model": {"timing": args.top_timing == "true"}})
+    if args.only_top:
+        below = 1 - top["heldout_bits_per_token"] / top["unigram_entropy_heldout_bits"]
+        print(f"top prior (timing {args.top_timing}): {top['heldout_bits_per_token']} bits/token held out, "
+              f"{below:.1%} below the entropy {top['unigram_entropy_heldout_bits']} (target 20 %)")
+        print(save(f"prior_learning_top_timing_{args.top_timing}", {"config": vars(args), "holdout": HOLDOUT, "vqvaes": vqvaes,
+                                                                    "top": top, "below_unigram_entropy": round(below, 4)}))
+        return
     with_cond = train("middle", shards, db, work, args.upsampler_minutes, args.batch)
     without = train("middle", shards, db, work, args.upsampler_minutes, args.batch, {"model": {"conditioner": False}})
     below = 1 - top["heldout_bits_per_token"] / top["unigram_entropy_heldout_bits"]

@@ -14,7 +14,6 @@ resumed run the same song as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -74,7 +73,6 @@ class TokenSampler:
         settings.validate()
         self.prior, self.settings = prior.eval(), settings
         self.guided = settings.cfg > 0
-        self.tokens = 0  # sampled or primed, for progress
         self.fn, self.inductor, self.compiled = self._token, {}, compile
         if compile:
             # a GPU: CUDA graphs. A CPU: the weights folded in as constants and inductor's own GEMM
@@ -97,8 +95,7 @@ class TokenSampler:
         return (torch.cat([token, token]) if self.guided else token), keys, values
 
     @torch.no_grad()
-    def window(self, cond: dict[str, torch.Tensor], known: torch.Tensor, length: int, generator: torch.Generator,
-               on_token: Callable[[int], None] | None = None) -> torch.Tensor:
+    def window(self, cond: dict[str, torch.Tensor], known: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:
         """Codes (batch, length) of one window: its first ``known.shape[1]`` tokens are ``known``
         (run through the cache, not sampled), the rest sampled. ``cond``: the prior's conditioning batch."""
         prior = self.prior
@@ -109,10 +106,10 @@ class TokenSampler:
         out = torch.empty(known.shape[0], length, dtype=torch.long, device=state["start"].device)
         out[:, :n_known] = known
         with torch._inductor.config.patch(self.inductor) if self.inductor else contextlib.nullcontext():
-            self._loop(state, known, out, length, batch, generator, on_token)
+            self._loop(state, known, out, length, batch, generator)
         return out[:batch]
 
-    def _loop(self, state, known, out, length, batch, generator, on_token) -> None:
+    def _loop(self, state, known, out, length, batch, generator) -> None:
         prior, n_known, device = self.prior, known.shape[1], out.device  # known: (batch, n_known)
         positions = torch.arange(length, device=device)
         # (length, batch): a row per position with the strides of a sampled token (a compiled step
@@ -133,9 +130,6 @@ class TokenSampler:
                 previous = known[pos] if pos < n_known else token
                 if pos >= n_known:
                     out[:, pos] = token
-                self.tokens += batch
-                if on_token is not None:
-                    on_token(pos)
 
 
 def window_starts(total: int, n_ctx: int, hop: int, known: int, align: int = 1) -> list[tuple[int, int]]:

@@ -56,29 +56,35 @@ class LevelSampler:
         self.upper, self.ratio = upper, ratio
         self.sampler = TokenSampler(prior, settings, compile=compile_step)
 
-    def _batch(self, start: int, length: int) -> dict[str, torch.Tensor]:
-        from pipeline.data.lyrics import lyrics_tokens
-
-        cfg, n, c = self.cfg, self.n, self.cond
-        full = lambda v: torch.full((n,), v, dtype=torch.long)  # noqa: E731
-        batch = {"artist": full(c.artist), "genres": torch.tensor([c.genres] * n), "total_length": full(c.total_samples),
-                 "offset": full(start * cfg.hop_length)}
-        if cfg.lyrics is not None:
-            text = lyrics_for_window(c.lyrics, start, length, cfg.hop_length, c.total_samples, cfg.lyrics.encoder.n_ctx)[1]
-            batch["lyrics"] = torch.tensor([lyrics_tokens(text, cfg.lyrics.encoder.n_ctx)] * n)
-        if cfg.upsampler is not None:
-            batch["upper_codes"] = torch.from_numpy(self.upper[:, start // self.ratio:(start + length) // self.ratio].astype(np.int64))
-        return {k: v.to(self.device) for k, v in batch.items()}
-
     def sample(self, segment: Segment) -> Iterator[np.ndarray]:
         """The segment's codes so far (n_samples, tokens), after each window."""
         codes = segment.known.astype(np.int64)
         for ws, we in segment_windows(segment, self.cfg.n_ctx, self.hop, self.ratio):
             known = torch.from_numpy(codes[:, ws:]).to(self.device)
             generator = torch.Generator().manual_seed(window_seed(self.seed, self.level, segment.start + ws))
-            out = self.sampler.window(self._batch(segment.start + ws, we - ws), known, we - ws, generator)
+            batch, _ = window_batch(self.cfg, self.cond, self.n, segment.start + ws, we - ws, self.upper, self.ratio)
+            out = self.sampler.window({k: v.to(self.device) for k, v in batch.items()}, known, we - ws, generator)
             codes = np.concatenate([codes, out[:, codes.shape[1] - ws:].cpu().numpy()], axis=1)
             yield codes
+
+
+def window_batch(cfg, cond: Conditioning, n: int, start: int, length: int, upper: np.ndarray | None = None,
+                 ratio: int = 1) -> tuple[dict[str, torch.Tensor], tuple[int, str]]:
+    """A prior's conditioning for the window [start, start + length) of its level (on the CPU), and
+    the lyrics it reads there: (first character in the song's lyrics, text)."""
+    from pipeline.data.lyrics import lyrics_tokens
+
+    full = lambda v: torch.full((n,), v, dtype=torch.long)  # noqa: E731
+    batch = {"artist": full(cond.artist), "genres": torch.tensor([cond.genres] * n), "total_length": full(cond.total_samples),
+             "offset": full(start * cfg.hop_length)}
+    lyrics = (0, "")
+    if cfg.lyrics is not None:
+        n_chars = cfg.lyrics.encoder.n_ctx
+        lyrics = lyrics_for_window(cond.lyrics, start, length, cfg.hop_length, cond.total_samples, n_chars)
+        batch["lyrics"] = torch.tensor([lyrics_tokens(lyrics[1], n_chars)] * n)
+    if cfg.upsampler is not None:
+        batch["upper_codes"] = torch.from_numpy(upper[:, start // ratio:(start + length) // ratio].astype(np.int64))
+    return batch, lyrics
 
 
 def window_hop(n_ctx: int, hop_fraction: float, ratio: int) -> int:
@@ -116,7 +122,7 @@ def load_prior(folder: str, card: dict, device: str, threads: int):
 class SegmentWorker:
     """A Ray actor's body: the priors of the levels it is asked for, each loaded once."""
 
-    def __init__(self, models: dict[str, tuple[str, str]], tracking: str, device: str, threads: int):
+    def __init__(self, models: dict[str, str], tracking: str, device: str, threads: int):
         self.models, self.tracking, self.device, self.threads = models, tracking, device, threads
         self.samplers: dict[str, LevelSampler] = {}
 
@@ -124,7 +130,7 @@ class SegmentWorker:
                 hop_fraction: float, compile_step: bool, upper: np.ndarray | None, ratio: int) -> bool:
         from pipeline.registry import download
 
-        reg = download(self.models[level][0], tracking_uri=self.tracking)  # cached per machine
+        reg = download(self.models[level], tracking_uri=self.tracking)  # cached per machine
         prior = load_prior(str(reg.folder), reg.card, self.device, self.threads)
         self.samplers[level] = LevelSampler(level, prior, settings, cond, n_samples, seed, hop_fraction, compile_step, upper, ratio)
         return True

@@ -168,9 +168,9 @@ def sample_level(level: str, cfg: SampleConfig, models: ModelSet, cond: Conditio
         import ray
 
         ray.get([w.prepare.remote(level, *args) for w in ray_workers])
-        samplers = None
+        local = None
     else:
-        samplers = LevelSampler(level, load_prior(str(reg.folder), reg.card, device, cfg.threads), *args)
+        local = LevelSampler(level, load_prior(str(reg.folder), reg.card, device, cfg.threads), *args)
     hop = window_hop(n_ctx, cfg.hop_fraction, ratio)
     todo = [(s, segment_windows(s, n_ctx, hop, ratio)) for s in segments]
     progress = Progress(level, sum(len(w) for _, w in todo), sum(s.end - s.start - s.known.shape[1] for s in segments))
@@ -199,7 +199,7 @@ def sample_level(level: str, cfg: SampleConfig, models: ModelSet, cond: Conditio
             list(pool.map(on_worker, range(len(ray_workers))))
     else:
         for segment in pending:
-            run(segment, samplers.sample(segment))
+            run(segment, local.sample(segment))
     codes = np.concatenate([finished[s.index] for s in segments], axis=1).astype(np.int16)
     assert codes.shape == (cfg.n_samples, total), (codes.shape, total)
     seconds = time.time() - started
@@ -296,7 +296,7 @@ def _ray_workers(cfg: SampleConfig, models: ModelSet, tracking: str, device: str
     started_here = not ray.is_initialized()
     target = init_ray(cfg.ray_address or None, max(os.cpu_count() or 1, cfg.workers * cfg.threads), progress=False)
     actor = ray.remote(SegmentWorker).options(num_cpus=cfg.threads, num_gpus=1 if device == "cuda" else 0)
-    uris = {level: (reg.uri, "") for level, reg in models.priors.items()}
+    uris = {level: reg.uri for level, reg in models.priors.items()}
     workers = [actor.remote(uris, tracking, device, cfg.threads) for _ in range(cfg.workers)]
     try:
         yield workers
@@ -333,26 +333,21 @@ def lyrics_alignment(models: ModelSet, codes: dict[str, np.ndarray], cond: Condi
     head looks while each top token plays (its attention's peak), window by window."""
     import torch
 
-    from pipeline.data.lyrics import lyrics_tokens
-    from pipeline.sample.level import lyrics_for_window
+    from pipeline.sample.level import window_batch
 
     reg = models.priors["top"]
     prior = load_prior(str(reg.folder), reg.card, device, threads)
     pc, top = prior.cfg, codes["top"].astype(np.int64)
     n, total = top.shape
-    n_chars = pc.lyrics.encoder.n_ctx
     out: list[list[tuple[float, int]]] = [[] for _ in range(n)]
     for start in range(0, total, pc.n_ctx):
         length = min(pc.n_ctx, total - start)
-        lo, text = lyrics_for_window(cond.lyrics, start, length, pc.hop_length, cond.total_samples, n_chars)
-        whole = -(-length // pc.transformer.block_len) * pc.transformer.block_len  # the forward takes whole blocks; causal:
-        window = np.pad(top[:, start:start + length], ((0, 0), (0, whole - length)))  # the padding changes nothing before it
-        batch = {"codes": torch.from_numpy(window), "artist": torch.full((n,), cond.artist),
-                 "genres": torch.tensor([cond.genres] * n), "total_length": torch.full((n,), cond.total_samples),
-                 "offset": torch.full((n,), start * pc.hop_length),
-                 "lyrics": torch.tensor([lyrics_tokens(text, n_chars)] * n)}
+        batch, (lo, text) = window_batch(pc, cond, n, start, length)
+        # the forward takes whole blocks; causal, so the padding changes nothing before it
+        whole = -(-length // pc.transformer.block_len) * pc.transformer.block_len
+        batch["codes"] = torch.from_numpy(np.pad(top[:, start:start + length], ((0, 0), (0, whole - length))))
         weights = prior.lyrics_attention({k: v.to(device) for k, v in batch.items()}).float().cpu().numpy()
-        pad = n_chars - len(text)  # lyrics_tokens pads on the left
+        pad = pc.lyrics.encoder.n_ctx - len(text)  # lyrics_tokens pads on the left
         step = max(1, int(0.1 * models.sample_rate / pc.hop_length))  # a point every ~0.1 s
         for i in range(n):
             for t in range(0, length, step):
@@ -365,17 +360,16 @@ def lyrics_alignment(models: ModelSet, codes: dict[str, np.ndarray], cond: Condi
 def log_run(cfg: SampleConfig, models: ModelSet, tracking: str, out: Path, summary: dict[str, Any]) -> str:
     """An MLflow run naming the model versions, with the settings, speeds, WAVs, codes and page."""
     import mlflow
+    from mlflow.entities import Metric, Param
 
     from pipeline.services import mlflow_experiment
 
     client = mlflow.MlflowClient(tracking_uri=tracking)
     run = client.create_run(mlflow_experiment(cfg.experiment, tracking), tags={"job": "sample", **models.versions()})
     rid = run.info.run_id
-    for k, v in flatten(cfg).items():
-        client.log_param(rid, k, str(v)[:500])
-    for k, v in summary.items():
-        if isinstance(v, (int, float)):
-            client.log_metric(rid, k, float(v))
+    now = int(time.time() * 1000)
+    client.log_batch(rid, params=[Param(k, str(v)[:500]) for k, v in flatten(cfg).items()],  # one call, not one per value
+                     metrics=[Metric(k, float(v), now, 0) for k, v in summary.items() if isinstance(v, (int, float))])
     for path in sorted(out.iterdir()):
         if path.name == "codes":  # the finished levels (the partial windows are only for resuming)
             for f in sorted(path.glob("*.npy")):

@@ -10,6 +10,7 @@ regular file") is misleading, so the content is sniffed first.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,41 +61,76 @@ def probe(path: str | Path) -> sf._SoundFileInfo:
         raise AudioError(f"not a decodable audio file ({Path(path).suffix or 'no extension'}): libsndfile found {detail}") from None
 
 
-def decode(path: str | Path, min_seconds: float, max_seconds: float, truncation_tolerance: float = 0.02) -> DecodedAudio:
+@dataclass(frozen=True)
+class AudioLimits:
+    """What a header may declare before anything is decoded. A tiny file can declare hours of
+    8 channels at 655 kHz (an 11 KB FLAC was measured to decode to 25 GB at 1,200 s): the rate,
+    channels and frames are checked first, and decoding then runs in blocks under a running cap."""
+
+    min_sample_rate: int = 8_000
+    max_sample_rate: int = 384_000  # DXD masters are 352.8/384 kHz
+    max_channels: int = 8
+
+    def check(self, sample_rate: int, channels: int) -> None:
+        if not self.min_sample_rate <= sample_rate <= self.max_sample_rate:
+            raise AudioError(f"sample rate {sample_rate} Hz is outside {self.min_sample_rate}-{self.max_sample_rate} Hz")
+        if not 1 <= channels <= self.max_channels:
+            raise AudioError(f"{channels} channels; at most {self.max_channels} are decoded")
+
+
+BLOCK_FRAMES = 1 << 16  # decoded per read: 2 MB at 8 channels
+
+
+def decode(path: str | Path, min_seconds: float, max_seconds: float, truncation_tolerance: float = 0.02,
+           limits: AudioLimits = AudioLimits()) -> DecodedAudio:
     """Decode, check length and integrity, resample to 44.1 kHz stereo float32.
 
-    The duration is checked from the header before decoding, so a 3-hour file is refused
-    without allocating it. A stream that decodes to less than its header declares (a
-    truncated download) is refused: its lyrics would describe audio that is not there.
+    The rate, channels and duration are checked from the header before decoding, so a 3-hour
+    file is refused without allocating it. Decoding then reads blocks of ``BLOCK_FRAMES``, keeps
+    two channels of each and resamples it as a stream (soxr's streaming output is bit-identical
+    to its one-shot output), so memory is the 44.1 kHz stereo result plus one block, and a
+    stream that decodes past ``max_seconds`` (headers can lie) stops there. A stream that
+    decodes to less than its header declares (a truncated download) is refused: its lyrics
+    would describe audio that is not there.
     """
+    if not (math.isfinite(max_seconds) and math.isfinite(min_seconds)):
+        raise ValueError(f"min_seconds and max_seconds must be finite (got {min_seconds}, {max_seconds})")
     info = probe(path)
-    declared = info.frames / info.samplerate if info.samplerate else 0.0
+    limits.check(info.samplerate, info.channels)
+    sr, channels = int(info.samplerate), int(info.channels)
+    declared = info.frames / sr
     if declared > max_seconds:
         raise AudioError(f"too long: {declared:.1f} s > max_seconds {max_seconds:g}")
+    max_frames = int(max_seconds * sr) + 1
+    stream = soxr.ResampleStream(sr, TARGET_SAMPLE_RATE, 2, dtype="float32", quality="HQ") if sr != TARGET_SAMPLE_RATE else None
+    chunks, frames = [], 0
     try:
-        audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as fh:
+            # read() until it returns nothing (blocks() pads to the header's frame count: a truncated
+            # MP3 would pass as whole)
+            while len(block := fh.read(BLOCK_FRAMES, dtype="float32", always_2d=True)):
+                frames += len(block)
+                if frames > max_frames:  # MP3 without a Xing frame count, or a lying header
+                    raise AudioError(f"too long: decodes past max_seconds {max_seconds:g} (its header declares {declared:.1f} s)")
+                if not np.isfinite(block).all():
+                    raise AudioError(f"decoded audio contains NaN or infinite samples (near {frames / sr:.1f} s)")
+                # mono duplicated (the row is flagged mono_source); WAV/FLAC channel order puts front left/right first
+                block = np.repeat(block, 2, axis=1) if channels == 1 else block[:, :2]
+                chunks.append(stream.resample_chunk(block) if stream else block.copy())
+            if stream:
+                chunks.append(stream.resample_chunk(np.zeros((0, 2), np.float32), last=True))
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise AudioError(f"decoding failed: {exc}") from None
-    seconds = len(audio) / sr if sr else 0.0
+    seconds = frames / sr
     if seconds < min_seconds:
         raise AudioError(f"too short: {seconds:.2f} s < min_seconds {min_seconds:g}")
-    if seconds > max_seconds:  # headers can lie (MP3 without a Xing frame count)
-        raise AudioError(f"too long: {seconds:.1f} s > max_seconds {max_seconds:g}")
     if declared > 0 and seconds < declared * (1 - truncation_tolerance):
         raise AudioError(f"truncated: decoded {seconds:.1f} s of the {declared:.1f} s its header declares")
-    if not np.isfinite(audio).all():
-        raise AudioError("decoded audio contains NaN or infinite samples")
-    channels = audio.shape[1]
-    if channels == 1:
-        audio = np.repeat(audio, 2, axis=1)  # mono duplicated; the row is flagged mono_source
-    elif channels > 2:
-        audio = audio[:, :2]  # WAV/FLAC channel order puts front left/right first
-    if sr != TARGET_SAMPLE_RATE:
-        audio = soxr.resample(audio, sr, TARGET_SAMPLE_RATE, quality="HQ")
+    audio = np.concatenate(chunks) if chunks else np.zeros((0, 2), np.float32)
     return DecodedAudio(
         samples=np.ascontiguousarray(audio, dtype=np.float32),
-        source_sample_rate=int(sr),
-        source_channels=int(channels),
+        source_sample_rate=sr,
+        source_channels=channels,
         source_format=f"{info.format}/{info.subtype}",
         declared_seconds=declared,
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -26,12 +27,34 @@ import yaml
 C = TypeVar("C")
 
 
-def field(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:  # noqa: A002
-    """A dataclass field with help text; mutable defaults go through default_factory."""
+def field(default: Any = dataclasses.MISSING, help: str = "", *, ge: float | None = 0, gt: float | None = None,  # noqa: A002
+          le: float | None = None, lt: float | None = None, **kw: Any) -> Any:
+    """A dataclass field with help text; mutable defaults go through default_factory.
+
+    A number given in YAML or on the command line must be finite and within the field's bounds:
+    ``ge=0`` unless the field says otherwise (``ge=None`` lifts it), so a negative size, a zero
+    width (``gt=0``) or a NaN learning rate is a ConfigError before any work starts."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    metadata = {"help": help, "bounds": bounds}
     if isinstance(default, (list, dict, set)) or dataclasses.is_dataclass(default):
         value = default
-        return dataclasses.field(default_factory=lambda: copy.deepcopy(value), metadata={"help": help}, **kw)
-    return dataclasses.field(default=default, metadata={"help": help}, **kw)
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(value), metadata=metadata, **kw)
+    return dataclasses.field(default=default, metadata=metadata, **kw)
+
+
+_BOUND_CHECKS = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"),
+                 "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<")}
+
+
+def check_bounds(value: Any, f: dataclasses.Field, where: str) -> None:
+    """Finite, and within the field's declared bounds (numbers only; None passes)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    bounds = f.metadata.get("bounds", {})
+    if not math.isfinite(value) or not all(_BOUND_CHECKS[k][0](value, b) for k, b in bounds.items()):
+        rule = " and ".join(f"{_BOUND_CHECKS[k][1]} {b:g}" for k, b in bounds.items())
+        kind = "" if isinstance(value, int) else "a finite number "
+        raise ConfigError(f"{where} must be {kind}{rule}, got {value!r}".replace(" , got", ", got"))
 
 
 class ConfigError(ValueError):
@@ -102,6 +125,9 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "config") -> C:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for k, v in kwargs.items():
+        check_bounds(v, fields[k], f"{where}.{k}")
     try:
         obj = cls(**kwargs)
     except TypeError as exc:
@@ -162,6 +188,13 @@ def _type_name(tp: Any) -> str:
     return f"{name} or none" if optional else name
 
 
+def _bounds_text(f: dataclasses.Field, tp: Any) -> str:
+    if _unwrap_optional(tp)[0] not in (int, float):
+        return ""
+    signs = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    return "".join(f"; {signs[k]} {b:g}" for k, b in f.metadata.get("bounds", {}).items())
+
+
 def parse_args(cls: type[C], argv: list[str] | None = None, description: str = "") -> C:
     """Command line -> config: ``--config x.yaml`` then one flag per leaf field."""
     parser = argparse.ArgumentParser(
@@ -185,7 +218,7 @@ def parse_args(cls: type[C], argv: list[str] | None = None, description: str = "
             # choices as the parser takes them (lower case); other types in capitals, argparse's convention
             metavar=_type_name(tp) if typing.get_origin(_unwrap_optional(tp)[0]) is typing.Literal
             else _type_name(tp).upper().replace(" ", "_"),
-            help=f"{f.metadata.get('help', '')} (default: {default!r})",
+            help=f"{f.metadata.get('help', '')} (default: {default!r}{_bounds_text(f, tp)})",
         )
     ns = vars(parser.parse_args(argv))
     config_path = ns.pop("config", None)

@@ -5,20 +5,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from pipeline.audio import AudioLimits
 from pipeline.config import ConfigError, field
 
 
 @dataclass
 class IngestConfig:
-    max_genre_words: int = field(5, "genre words kept per song (the paper used at most 5)")
-    hash_chunk_bytes: int = field(4 << 20, "read size while hashing audio content")
+    max_genre_words: int = field(5, "genre words kept per song (the paper used at most 5)", ge=1)
+    hash_chunk_bytes: int = field(4 << 20, "read size while hashing audio content", ge=4096)
 
 
 @dataclass
 class DecodeConfig:
     min_seconds: float = field(2.0, "shorter inputs are quarantined")
-    max_seconds: float = field(1200.0, "longer inputs are quarantined before decoding (no out-of-memory)")
-    truncation_tolerance: float = field(0.02, "quarantine if decoded length < (1 - this) x the header's length")
+    max_seconds: float = field(1200.0, "longer inputs are quarantined before decoding (no out-of-memory)", ge=None, gt=0)
+    truncation_tolerance: float = field(0.02, "quarantine if decoded length < (1 - this) x the header's length", lt=1)
+    min_sample_rate: int = field(8_000, "inputs at a lower rate are quarantined (a 1 Hz header is not audio)", ge=1)
+    max_sample_rate: int = field(384_000, "inputs at a higher rate are quarantined from the header (decompression bombs)", ge=1)
+    max_channels: int = field(8, "inputs with more channels are quarantined from the header", ge=1)
+
+    def limits(self) -> AudioLimits:
+        return AudioLimits(self.min_sample_rate, self.max_sample_rate, self.max_channels)
 
 
 @dataclass
@@ -28,8 +35,8 @@ class SeparateConfig:
     model: str = field("", "Spleeter model: a folder, models:/jukebox-separator@current, or spleeter:2stems (downloads)")
     spleeter_python: str = field("", "python of the Spleeter environment (default: .venv-spleeter/bin/python)")
     actors: int = field(0, "actor-pool size; 0 = one per CPU of the cluster")
-    cpus_per_actor: float = field(1.0, "CPUs reserved by each separator actor")
-    threads: int = field(1, "threads inside each separator actor (torch for dsp, TensorFlow for spleeter)")
+    cpus_per_actor: float = field(1.0, "CPUs reserved by each separator actor", ge=None, gt=0)
+    threads: int = field(1, "threads inside each separator actor (torch for dsp, TensorFlow for spleeter)", ge=1)
 
 
 @dataclass
@@ -38,17 +45,17 @@ class AlignConfig:
         "auto", "auto: ctc (when align.ctc_model is set) -> tts_dtw -> vocal_activity -> linear, the first that can align a song")
     ctc_model: str = field("", "CTC checkpoint for the ctc aligner: a folder (save_pretrained) or a hub id")
     ctc_device: str = field("auto", "cpu | cuda | auto (cuda when there is one)")
-    min_language_probability: float = field(0.5, "songs without a language: guess it from the lyrics when this sure, else unknown")
-    vocal_share: float = field(0.25, "vocal-activity: share of the mix's voice-band energy in the vocal stem")
+    min_language_probability: float = field(0.5, "songs without a language: guess it from the lyrics when this sure, else unknown", le=1)
+    vocal_share: float = field(0.25, "vocal-activity: share of the mix's voice-band energy in the vocal stem", le=1)
     vocal_floor_db: float = field(20.0, "vocal-activity: frames quieter than the loudest vocal frame by more are silent")
 
 
 @dataclass
 class ShardConfig:
     encoding: Literal["pcm16", "flac"] = field("flac", "segment audio encoding (chosen by bench/bench_encoding.py)")
-    segment_samples: int = field(262_144, "samples per stored segment (~5.9 s at 44.1 kHz)")
-    segments_per_row_group: int = field(4, "Parquet row group size of the segments table (the unit of a random read)")
-    songs_per_shard: int = field(16, "songs per committed shard (one songs + one segments file)")
+    segment_samples: int = field(262_144, "samples per stored segment (~5.9 s at 44.1 kHz)", ge=128)
+    segments_per_row_group: int = field(4, "Parquet row group size of the segments table (the unit of a random read)", ge=1)
+    songs_per_shard: int = field(16, "songs per committed shard (one songs + one segments file)", ge=1)
     compression: str = field("none", "Parquet compression of the audio column (audio is already dense)")
 
 
@@ -64,7 +71,7 @@ class PreprocessConfig:
     output: str = field("", "output folder: songs/, segments/, quarantine/, vocab/, summary.json")
     demo: bool = field(False, "generate the synthetic demo corpus into <output>/../demo_corpus and use it as input")
     ray_address: str | None = field(None, "Ray cluster address; default: $RAY_ADDRESS, else an embedded local Ray")
-    num_cpus: int | None = field(None, "CPUs of the embedded local Ray (default: all)")
+    num_cpus: int | None = field(None, "CPUs of the embedded local Ray (default: all)", ge=1)
     mlflow_tracking_uri: str | None = field(None, "default: $MLFLOW_TRACKING_URI, else sqlite under ./runs/")
     experiment: str = field("jukebox-preprocess", "MLflow experiment name")
     progress: bool = field(True, "Ray Data progress bars")
@@ -84,6 +91,8 @@ class PreprocessConfig:
             raise ConfigError("--align.aligner ctc needs --align.ctc_model (a checkpoint folder or a hub id)")
         if self.decode.min_seconds < 0 or self.decode.max_seconds <= self.decode.min_seconds:
             raise ConfigError("decode: need 0 <= min_seconds < max_seconds")
+        if self.decode.min_sample_rate > self.decode.max_sample_rate:
+            raise ConfigError("decode: need min_sample_rate <= max_sample_rate")
         if self.shards.segment_samples <= 0 or self.shards.segment_samples % 128:
             raise ConfigError("shards.segment_samples must be a positive multiple of 128 (the top level's hop)")
         if self.shards.songs_per_shard < 1 or self.shards.segments_per_row_group < 1:

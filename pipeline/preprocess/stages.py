@@ -88,7 +88,7 @@ class DecodeStage(Stage):
 
     def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
         d = self.cfg.decode
-        decoded = audio_io.decode(row["source"], d.min_seconds, d.max_seconds, d.truncation_tolerance)
+        decoded = audio_io.decode(row["source"], d.min_seconds, d.max_seconds, d.truncation_tolerance, d.limits())
         s = decoded.samples
         return {"audio": audio_io.to_bytes(s), "num_samples": len(s), "source_sample_rate": decoded.source_sample_rate,
                 "source_channels": decoded.source_channels, "source_format": decoded.source_format,

@@ -30,22 +30,22 @@ def _finite(section: str, name: str, value: float, low: float | None = None, hig
 
 @dataclass
 class RuntimeConfig:
-    workers: int = field(1, "Ray Train workers (processes); each runs one DeepSpeed rank")
-    cpus_per_worker: float = field(1.0, "CPUs Ray reserves per worker")
-    threads_per_worker: int = field(1, "torch threads inside each worker")
+    workers: int = field(1, "Ray Train workers (processes); each runs one DeepSpeed rank", ge=1)
+    cpus_per_worker: float = field(1.0, "CPUs Ray reserves per worker", ge=None, gt=0)
+    threads_per_worker: int = field(1, "torch threads inside each worker", ge=1)
     use_gpu: bool = field(False, "one GPU per worker")
-    zero_stage: int = field(2, "DeepSpeed ZeRO stage 0-3 (infra/deepspeed/zero<N>.json); 3 builds the model partitioned")
+    zero_stage: int = field(2, "DeepSpeed ZeRO stage 0-3 (infra/deepspeed/zero<N>.json); 3 builds the model partitioned", le=3)
     offload: bool = field(False, "ZeRO-Offload: optimizer state and step on the CPU (DeepSpeed's CPU Adam; stage >= 1)")
     compile: bool = field(False, "torch.compile the model's forward (ZeRO 0-2): fewer, fused kernels after a one-off compile")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field("auto", "auto: bf16 on GPUs that have it, else fp16 on GPU, fp32 on CPU")
-    batch_size: int = field(2, "examples per worker per micro-step")
-    grad_accum: int = field(1, "micro-steps per optimizer step")
-    total_steps: int = field(1000, "optimizer steps")
-    ema_decay: float = field(0.0, "EMA of the weights (0 = off; e.g. 0.999), each rank its own partition; the EMA weights are registered")
-    log_every: int = field(10, "steps between metric logs: metrics are averaged over ranks and steps, and leave the device only then")
+    batch_size: int = field(2, "examples per worker per micro-step", ge=1)
+    grad_accum: int = field(1, "micro-steps per optimizer step", ge=1)
+    total_steps: int = field(1000, "optimizer steps", ge=1)
+    ema_decay: float = field(0.0, "EMA of the weights (0 = off; e.g. 0.999), each rank its own partition; the EMA weights are registered", lt=1)
+    log_every: int = field(10, "steps between metric logs: metrics are averaged over ranks and steps, and leave the device only then", ge=1)
     media_every: int = field(0, "steps between audio/image logs (0 = at the end only)")
-    data_cpus: float = field(0.5, "CPUs of each rank's data-loading actor (Ray Data)")
-    prefetch_batches: int = field(4, "micro-batches each rank's loader works ahead")
+    data_cpus: float = field(0.5, "CPUs of each rank's data-loading actor (Ray Data)", ge=None, gt=0)
+    prefetch_batches: int = field(4, "micro-batches each rank's loader works ahead", ge=1)
     seed: int = field(0, "everything random is a function of (seed, step, rank)")
     max_failures: int = field(1, "worker-group restarts from the last checkpoint")
     inject_fault: str = field("", "tests only: 'raise:N' (rank 0 raises once at step N) or 'nan:N' (rank 0's loss is NaN at step N)")
@@ -78,9 +78,9 @@ class RuntimeConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = field(3e-4, "peak learning rate")
+    lr: float = field(3e-4, "peak learning rate", ge=None, gt=0)
     betas: tuple[float, ...] = field((0.9, 0.999), "AdamW betas (the paper's priors: 0.9,0.95)")
-    eps: float = field(1e-8, "AdamW epsilon")
+    eps: float = field(1e-8, "AdamW epsilon", ge=None, gt=0)
     weight_decay: float = field(0.0, "decoupled weight decay, on the parameters the model declares decayed (weight matrices)")
     grad_clip: float = field(1.0, "gradient norm clip (0 = off)")
     warmup_steps: int = field(100, "linear warm-up from 0 to lr")
@@ -111,8 +111,8 @@ class OptimConfig:
 
 @dataclass
 class CheckpointConfig:
-    every: int = field(200, "steps between checkpoints (and one at the end)")
-    keep_last: int = field(2, "checkpoints kept, newest first (milestones aside)")
+    every: int = field(200, "steps between checkpoints (and one at the end)", ge=1)
+    keep_last: int = field(2, "checkpoints kept, newest first (milestones aside)", ge=1)
     milestone_every: int = field(0, "also keep every checkpoint at a multiple of this many steps (0 = none)")
     storage: str = field("runs/train", "where Ray Train keeps runs: a path (made absolute) or a URI Ray supports (file://, s3://, gs://)")
     run_name: str = field("", "Ray Train run name; reusing one resumes it (default: <task>-<level>-<time>-<pid>)")

@@ -40,7 +40,7 @@ import torch
 
 from pipeline.train.config import CheckpointConfig, OptimConfig, RuntimeConfig
 from pipeline.train.sources import DataSource, RankStream  # noqa: F401 (DataSource: re-exported for tasks)
-from pipeline.train.weights import PartitionedEMA
+from pipeline.train.weights import PartitionedEMA, weights_only_loads
 
 DEEPSPEED_CONFIGS = Path(__file__).resolve().parents[2] / "infra" / "deepspeed"
 PROGRESS_FILE = "progress.json"  # rank 0's note in every checkpoint: its step
@@ -294,6 +294,18 @@ def _checkpoint_score(step: int, ckpt: CheckpointConfig) -> float:
     return step + (1e12 if ckpt.milestone_every and step % ckpt.milestone_every == 0 else 0)
 
 
+def read_progress(folder: Path, total_steps: int) -> int:
+    """The step a restored checkpoint holds; anything else than a step in [0, total_steps] is refused
+    (a step past the end would skip training and register whatever the folder holds)."""
+    try:
+        step = json.loads((folder / PROGRESS_FILE).read_text())["step"]
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise RuntimeError(f"checkpoint {folder}: unreadable {PROGRESS_FILE} ({exc})") from None
+    if type(step) is not int or not 0 <= step <= total_steps:
+        raise RuntimeError(f"checkpoint {folder}: step {step!r} is not one of this run's (0..{total_steps})")
+    return step
+
+
 def train_loop(config: dict) -> None:
     """Runs in every Ray Train worker."""
     import ray.train
@@ -309,7 +321,7 @@ def train_loop(config: dict) -> None:
     restored = contextlib.ExitStack()
     checkpoint = ray.train.get_checkpoint()  # the one Ray restores: after a worker-group restart, or a resumed run
     folder = Path(restored.enter_context(checkpoint.as_directory())) if checkpoint else None
-    start = json.loads((folder / PROGRESS_FILE).read_text())["step"] if folder else 0
+    start = read_progress(folder, cfg.total_steps) if folder else 0
     # the loader actor starts now, in its own process, and loads while the engine is built
     stream = RankStream(spec.source, cfg, rank, world, start) if start < cfg.total_steps else iter(())
     task.setup(torch.device(device))
@@ -317,7 +329,8 @@ def train_loop(config: dict) -> None:
     startup["startup_engine_s"] = since_job()
     ema = PartitionedEMA(engine.module, cfg.ema_decay, rank, world) if cfg.ema_decay else None
     if folder:
-        _, client = engine.load_checkpoint(str(folder), tag="state")
+        with weights_only_loads():  # DeepSpeed asks torch.load for weights_only=False
+            _, client = engine.load_checkpoint(str(folder), tag="state")
         if int(client["step"]) != start:
             raise RuntimeError(f"checkpoint {checkpoint.path}: DeepSpeed state at step {client['step']}, progress at {start}")
         if ema is not None:

@@ -27,10 +27,10 @@ DEFAULT_SAMPLE_LENGTH = {"paper": 393_216, "tiny": 8_192}  # paper: ~8.9 s windo
 class ModelOverrides:
     """Changes to the preset's model (unset = the preset's value)."""
 
-    width: int | None = field(None, "channels of the residual stacks")
-    depth: int | None = field(None, "residual blocks per downsampling")
-    emb_width: int | None = field(None, "code vector width")
-    codebook_size: int | None = field(None, "codes per level")
+    width: int | None = field(None, "channels of the residual stacks", ge=1)
+    depth: int | None = field(None, "residual blocks per downsampling", ge=1)
+    emb_width: int | None = field(None, "code vector width", ge=1)
+    codebook_size: int | None = field(None, "codes per level", ge=2)
     downs_t: tuple[int, ...] | None = field(None, "stride-2 downsamplings per level, e.g. 3,2,2 (the hop must stay the level's)")
     commit_weight: float | None = field(None, "commitment loss weight (paper 0.02)")
     spectral_weight: float | None = field(None, "weight of the multi-resolution STFT loss")
@@ -46,7 +46,7 @@ class TrainVQVAEConfig:
     model: ModelOverrides = dataclasses.field(default_factory=ModelOverrides)
     shards: str = field("", "preprocessed shards (the output folder of jobs/preprocess.py)")
     sample_length: int = field(0, "samples per training window (0 = the preset's: paper 393,216, tiny 8,192)")
-    holdout: float = field(0.0, "last fraction of every song kept out of training; evaluation crops come from it")
+    holdout: float = field(0.0, "last fraction of every song kept out of training; evaluation crops come from it", lt=1)
     data_seed: int = field(0, "seed of the window stream")
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)

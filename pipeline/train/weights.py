@@ -10,12 +10,17 @@
   of at most ``max_shard_bytes`` with an index, one tensor in memory at a time beside the
   shard being filled. DeepSpeed's lazy reader maps the optimizer files instead of loading them.
 - ``load_safetensors``: the state dict back, no pickle involved.
+- ``weights_only_loads``: every ``torch.load`` in its span, DeepSpeed's own included (they pass
+  ``weights_only=False``), unpickles tensors, builtins and an allow-list of DeepSpeed's state
+  classes only: a checkpoint file carrying code is refused, not run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +33,34 @@ INDEX_FILE = "model.safetensors.index.json"
 
 class NonFiniteWeights(RuntimeError):
     pass
+
+
+def deepspeed_state_classes() -> list[type]:
+    """What a DeepSpeed checkpoint holds besides tensors and builtins: measured with
+    ``torch.serialization.get_unsafe_globals_in_checkpoint`` on ZeRO 0-3 checkpoints of our runs
+    (the dynamic loss scaler is the fp16 one)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+@contextlib.contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """``torch.load`` refuses pickled code in this span, whatever its caller asks for."""
+    import torch.serialization
+
+    before = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"  # read by torch.load on every call
+    try:
+        with torch.serialization.safe_globals(deepspeed_state_classes()):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = before
 
 
 def _local_slice(param: torch.Tensor, rank: int, world: int) -> torch.Tensor:
@@ -95,13 +128,15 @@ def checkpoint_tensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
     """fp32 weights and buffers of a checkpoint's DeepSpeed state (tag ``state``), one at a time."""
     state = Path(folder) / "state"
     if not list(state.glob("*optim_states.pt")):  # ZeRO-0: rank 0 saved the whole module
-        saved = torch.load(state / "mp_rank_00_model_states.pt", map_location="cpu", mmap=True, weights_only=False)
+        with weights_only_loads():
+            saved = torch.load(state / "mp_rank_00_model_states.pt", map_location="cpu", mmap=True, weights_only=True)
         for name, tensor in saved["module"].items():
             yield name, tensor.float() if tensor.is_floating_point() else tensor
         return
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    lazy = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag="state", lazy_mode=True)
+    with weights_only_loads():  # its reader asks for weights_only=False
+        lazy = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag="state", lazy_mode=True)
     for name in list(lazy):
         yield name, lazy.pop(name).contiguous()
 

@@ -33,7 +33,7 @@ def test_decode_any_format_to_44k_stereo(tmp_path, ext, subtype, sr, channels):
 def test_too_long_is_refused_before_decoding(tmp_path, monkeypatch):
     path = tmp_path / "long.wav"
     sf.write(path, np.zeros(8000 * 50, np.float32), 8000)
-    monkeypatch.setattr(audio_io.sf, "read", lambda *a, **k: pytest.fail("decoded a file the header said was too long"))
+    monkeypatch.setattr(audio_io.sf.SoundFile, "read", lambda *a, **k: pytest.fail("decoded a file the header said was too long"))
     with pytest.raises(AudioError, match="too long: 50.0 s"):
         decode(path, 1.0, 40.0)
 
@@ -73,3 +73,47 @@ def test_flac_and_pcm16_store_the_same_samples():
     a = audio_io.decode_segment(audio_io.encode_segment(x, "pcm16"), "pcm16")
     b = audio_io.decode_segment(audio_io.encode_segment(x, "flac"), "flac")
     assert np.array_equal(a, b)  # FLAC is lossless over the same 16-bit quantisation
+
+
+def _silence(path, seconds, sr, channels, **kw):
+    with sf.SoundFile(path, "w", sr, channels, **kw) as fh:
+        block = np.zeros((65536, channels), np.float32)
+        for _ in range(int(seconds * sr) // 65536):
+            fh.write(block)
+
+
+@pytest.mark.parametrize("sr, channels, reason", [
+    (655_350, 8, "sample rate 655350 Hz is outside"),  # the measured bomb's shape: 11 KB here, 25 GB decoded at 1,200 s
+    (1, 2, "sample rate 1 Hz is outside"), (768_000, 2, "sample rate 768000 Hz"), (44_100, 9, "9 channels"),
+])
+def test_headers_beyond_the_limits_are_refused_before_decoding(tmp_path, monkeypatch, sr, channels, reason):
+    path = tmp_path / "bomb.flac" if sr <= 655_350 and channels <= 8 else tmp_path / "bomb.wav"
+    _silence(path, 2.0 if sr > 1 else 70_000, sr, channels)
+    monkeypatch.setattr(audio_io.sf.SoundFile, "read", lambda *a, **k: pytest.fail("decoded a refused header"))
+    with pytest.raises(AudioError, match=reason):
+        decode(path, 1.0, 1200.0)
+
+
+def test_a_header_that_lies_about_its_length_stops_at_the_cap(tmp_path, monkeypatch):
+    path = tmp_path / "long.wav"
+    sf.write(path, np.zeros((8000 * 50, 2), np.float32), 8000)
+    real_info = audio_io.sf.info
+
+    def lying_info(p):
+        info = real_info(p)
+        info.frames = 8000 * 5  # the header says 5 s; the stream holds 50
+        return info
+
+    monkeypatch.setattr(audio_io.sf, "info", lying_info)
+    with pytest.raises(AudioError, match="decodes past max_seconds 40"):
+        decode(path, 1.0, 40.0)
+
+
+def test_non_finite_samples_and_limits_are_refused(tmp_path):
+    x = np.zeros((44100 * 3, 2), np.float32)
+    x[100_000, 1] = np.inf
+    sf.write(tmp_path / "inf.wav", x, 44100, subtype="FLOAT")
+    with pytest.raises(AudioError, match="NaN or infinite samples"):
+        decode(tmp_path / "inf.wav", 1.0, 60.0)
+    with pytest.raises(ValueError, match="must be finite"):
+        decode(tmp_path / "inf.wav", 1.0, float("inf"))

@@ -24,6 +24,14 @@ def test_bool_flag_without_value():
     ({"output": "o", "input": "i", "shards": {"segment_samples": 1000}}, "multiple of 128"),
     ({"output": "o", "input": "i", "align": {"aligner": "ctc"}}, "needs --align.ctc_model"),
     ({"output": "o", "input": "i", "align": {"aligner": "whisper"}}, "not one of"),
+    # ranges (issue 13): every number finite and within its field's bounds
+    ({"output": "o", "input": "i", "ingest": {"hash_chunk_bytes": 0}}, "hash_chunk_bytes must be >= 4096, got 0"),
+    ({"output": "o", "input": "i", "decode": {"truncation_tolerance": -1}}, "truncation_tolerance must be a finite number >= 0"),
+    ({"output": "o", "input": "i", "decode": {"max_seconds": "inf"}}, "max_seconds must be a finite number > 0, got inf"),
+    ({"output": "o", "input": "i", "decode": {"max_seconds": "nan"}}, "max_seconds must be a finite number"),
+    ({"output": "o", "input": "i", "separate": {"cpus_per_actor": 0}}, "cpus_per_actor must be a finite number > 0"),
+    ({"output": "o", "input": "i", "shards": {"songs_per_shard": -3}}, "songs_per_shard must be >= 1"),
+    ({"output": "o", "input": "i", "decode": {"max_sample_rate": 1000}}, "min_sample_rate <= max_sample_rate"),
 ])
 def test_bad_configs_fail_clearly(data, message):
     with pytest.raises(ConfigError, match=message):
@@ -36,3 +44,18 @@ def test_help_lists_every_field(capsys):
     text = capsys.readouterr().out
     for flag in ("--input", "--output", "--decode.max_seconds", "--shards.encoding", "--separate.actors", "--config"):
         assert flag in text
+
+
+def test_bounds_of_the_other_jobs():
+    from pipeline.sample.config import SampleConfig
+    from pipeline.train.prior_job import TrainPriorConfig
+    from pipeline.train.vqvae_job import TrainVQVAEConfig
+
+    with pytest.raises(SystemExit):
+        parse_args(TrainVQVAEConfig, ["--model.width", "0"])
+    with pytest.raises(ConfigError, match="model.width must be >= 1, got 0"):
+        from_dict(TrainPriorConfig, {"model": {"width": 0}})
+    with pytest.raises(ConfigError, match="optim.lr must be a finite number > 0, got nan"):
+        from_dict(TrainPriorConfig, {"optim": {"lr": "nan"}})
+    with pytest.raises(ConfigError, match="temperature must be a finite number > 0"):
+        from_dict(SampleConfig, {"temperature": 0})

@@ -41,7 +41,8 @@ class RuntimeConfig:
     batch_size: int = field(2, "examples per worker per micro-step", ge=1)
     grad_accum: int = field(1, "micro-steps per optimizer step", ge=1)
     total_steps: int = field(1000, "optimizer steps", ge=1)
-    ema_decay: float = field(0.0, "EMA of the weights (0 = off; e.g. 0.999), each rank its own partition; the EMA weights are registered", lt=1)
+    ema_decay: float = field(0.0, "EMA of the weights (0 = off; e.g. 0.999), each rank its own partition; the EMA weights are registered",
+                             lt=1)
     log_every: int = field(10, "steps between metric logs: metrics are averaged over ranks and steps, and leave the device only then", ge=1)
     media_every: int = field(0, "steps between audio/image logs (0 = at the end only)")
     data_cpus: float = field(0.5, "CPUs of each rank's data-loading actor (Ray Data)", ge=None, gt=0)

@@ -54,7 +54,8 @@ def test_deepspeed_state_classes_still_load(tmp_path):
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
-    state = {"loss_scaler": LossScaler(1.0), "dynamic": DynamicLossScaler(2.0 ** 16, 2, 1000, delayed_shift=2, consecutive_hysteresis=False),
+    dynamic = DynamicLossScaler(2.0 ** 16, 2, 1000, delayed_shift=2, consecutive_hysteresis=False)
+    state = {"loss_scaler": LossScaler(1.0), "dynamic": dynamic,
              "zero_stage": ZeroStageEnum.gradients, "address": fragment_address(numel=4, start=0), "step": 3}
     torch.save(state, tmp_path / "optim_states.pt")
     with weights_only_loads():

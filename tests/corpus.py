@@ -59,11 +59,59 @@ def make_broken_corpus(folder: Path, songs: int = 3, seconds: float = 8.0) -> tu
     add("missing.wav", "ingest")
     rows.append({"path": "", "artist": "nobody", "genre": "", "lyrics": "", "title": "no path", "language": "", "id": "nopath"})
     expected["#row"] = "ingest"
+    add_hostile_inputs(folder, audio, rows, expected, add, tone)
     with open(manifest, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    with open(manifest, "ab") as fh:  # one row that is not UTF-8 (Latin-1 artist), last
+        fh.write(b"audio/latin1.wav,Caf\xe9 Tacvba,rock,,latin1,,latin1\r\n")
+    expected["latin1.wav"] = "ingest"
     return manifest, expected
+
+
+# Each hostile kind, the stage that must quarantine it and words its reason must hold (issue 13);
+# RELIABILITY.md lists them with what the run did.
+HOSTILE_REASONS = {
+    "bomb_655khz_8ch.flac": "sample rate 655350 Hz is outside", "rate_1hz.wav": "sample rate 1 Hz is outside",
+    "rate_768khz.wav": "sample rate 768000 Hz is outside", "nine_channels.wav": "9 channels",
+    "nan_samples.wav": "NaN or infinite samples", "fifo.wav": "not a regular file", "folder.wav": "not a regular file",
+    "fifo_lyrics.wav": "not a regular file", "huge_lyrics.wav": "over 128 KB", "huge_lyrics_cell.wav": "over 128 KB",
+}
+
+
+def add_hostile_inputs(folder: Path, audio: Path, rows: list, expected: dict, add, tone: np.ndarray) -> None:
+    import os
+
+    with sf.SoundFile(audio / "bomb_655khz_8ch.flac", "w", 655_350, 8, format="FLAC") as fh:  # 2 s; the real one is 1,200 s
+        fh.write(np.zeros((2 * 655_350, 8), np.float32))
+    add("bomb_655khz_8ch.flac", "decode")
+    sf.write(audio / "rate_1hz.wav", np.zeros((20, 2), np.float32), 1)
+    add("rate_1hz.wav", "decode")
+    sf.write(audio / "rate_768khz.wav", np.zeros((768_000 * 3, 2), np.float32), 768_000)
+    add("rate_768khz.wav", "decode")
+    sf.write(audio / "nine_channels.wav", np.zeros((44_100 * 3, 9), np.float32), 44_100)
+    add("nine_channels.wav", "decode")
+    nan = np.stack([tone, tone], 1)
+    nan[len(nan) // 2, 0] = np.nan
+    sf.write(audio / "nan_samples.wav", nan, 22050, subtype="FLOAT")
+    add("nan_samples.wav", "decode")
+    os.mkfifo(audio / "fifo.wav")  # hashing it would wait for a writer forever
+    add("fifo.wav", "ingest")
+    (audio / "folder.wav").mkdir()
+    add("folder.wav", "ingest")
+    for name in ("fifo_lyrics.wav", "huge_lyrics.wav", "huge_lyrics_cell.wav"):
+        sf.write(audio / name, np.stack([tone, -tone], 1) * (1 + len(name) / 100), 22050)  # distinct content each
+    add("fifo_lyrics.wav", "ingest")
+    os.mkfifo(folder / "lyrics" / "fifo_lyrics.wav.txt")
+    rows[-1]["lyrics"] = "lyrics/fifo_lyrics.wav.txt"
+    add("huge_lyrics.wav", "ingest", lyrics="la " * 60_000)
+    add("huge_lyrics_cell.wav", "ingest")
+    rows[-1]["lyrics"] = "na " * 50_000  # inline text, 150 KB
+    # odd Unicode in names: right-to-left override, zero-width space, combining accent (NFD), emoji
+    for name in ("bidi_\u202eevil\u200b.wav", "cafe\u0301_\U0001f3b5.wav"):
+        sf.write(audio / name, np.stack([tone, tone], 1) * (0.5 + len(name) / 100), 22050)
+        add(name, "ok", lyrics="la la la", artist="Ünïcode \u202eArtist")
 
 
 def write_jamendo_manifest(folder: Path) -> Path:

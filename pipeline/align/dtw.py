@@ -133,6 +133,11 @@ class TTSDTWAligner(Aligner):
         n_words = word_starts(item.lyrics).size
         if n_words == 0:
             return finish_alignment(item.lyrics, np.zeros(len(item.lyrics)), item.duration_s, 0.0, self.name)
+        # checked before speaking (5 KB of lyrics is 14 MB of speech): more words than the fastest
+        # rap fits in the song are not this song's lyrics
+        if n_words > opt.words_per_minute[1] * item.duration_s / 60:
+            raise AlignmentFailed(f"{n_words} words in a {item.duration_s:.0f}-s song is over "
+                                  f"{opt.words_per_minute[1]} words/min: not this song's lyrics")
         stem = item.vocals if item.vocals is not None else item.mix
         if stem is None:
             raise AlignmentFailed("the TTS+DTW aligner needs the vocal stem or the mix")

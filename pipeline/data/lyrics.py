@@ -17,18 +17,34 @@ def normalise_lyrics(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
+# The longest song lyrics run to ~20 KB; six times that is not a song's (and espeak would speak it).
+MAX_LYRICS_BYTES = 128 * 1024
+
+
+class LyricsError(ValueError):
+    """Lyrics that cannot be a song's: the message is the quarantine reason."""
+
+
 def read_lyrics(ref: str) -> str:
-    """Lyrics text from a manifest value: a .txt path, or the text itself."""
+    """Lyrics text from a manifest value: a .txt path (a regular file, at most MAX_LYRICS_BYTES),
+    or the text itself."""
     if ref.lower().endswith(LYRICS_FILE_EXTENSIONS) and "\n" not in ref:
         p = Path(ref)
         if not p.exists():
             raise FileNotFoundError(f"lyrics file not found: {ref}")
-        raw = p.read_bytes()
+        if not p.is_file():  # a FIFO or a device would block the reader forever
+            raise LyricsError(f"lyrics {ref} is not a regular file")
+        with open(p, "rb") as fh:
+            raw = fh.read(MAX_LYRICS_BYTES + 1)
+        if len(raw) > MAX_LYRICS_BYTES:
+            raise LyricsError(f"lyrics file {ref} is over {MAX_LYRICS_BYTES // 1024} KB")
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError:
             text = raw.decode("cp1252", errors="replace")  # legacy Windows lyrics files
         return normalise_lyrics(text)
+    if len(ref.encode("utf-8", errors="surrogatepass")) > MAX_LYRICS_BYTES:
+        raise LyricsError(f"lyrics text is over {MAX_LYRICS_BYTES // 1024} KB")
     return normalise_lyrics(ref)
 
 

@@ -19,10 +19,10 @@ touches only the one or two row groups that hold it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +59,8 @@ SEGMENTS_SCHEMA = pa.schema([
 QUARANTINE_SCHEMA = pa.schema([
     ("source", pa.string()), ("stage", pa.string()), ("error", pa.string()), ("song_id", pa.string()),
     ("input_id", pa.string()), ("file_size", pa.int64()), ("file_mtime_ns", pa.int64()), ("run_id", pa.string()),
+    # what decides whether a rerun skips it: an "input" error under the same config_key is not retried
+    ("error_kind", pa.string()), ("config_key", pa.string()),
 ])
 
 
@@ -68,6 +70,7 @@ class ShardLayout:
     segment_samples: int
     segments_per_row_group: int
     compression: str = "none"
+    config_key: str = ""  # the settings that decide what is quarantined (run.quarantine_config_key)
 
 
 def _vec(data: bytes, dtype: str) -> list:
@@ -99,8 +102,13 @@ def _song_row(row: dict[str, Any], layout: ShardLayout, segments_file: str, firs
 
 
 def write_shard(rows: list[dict[str, Any]], out: Path, run_id: str, layout: ShardLayout) -> str:
-    """Write one shard (songs + segments + quarantine for these rows) and commit it."""
-    part = f"part-{run_id}-{uuid.uuid4().hex[:8]}.parquet"
+    """Write one shard (songs + segments + quarantine for these rows) and commit it.
+
+    The part's name is a function of the run and its rows' inputs: a write task that Ray runs
+    again (its node was lost after the commit, before its result came back) replaces the same
+    files instead of committing its songs twice."""
+    inputs = ",".join(str(r.get("input_index", r.get("source"))) for r in rows)
+    part = f"part-{run_id}-{hashlib.blake2b(inputs.encode(), digest_size=6).hexdigest()}.parquet"
     staging = out / STAGING / run_id
     for sub in (SONGS, SEGMENTS, QUARANTINE):
         (staging / sub).mkdir(parents=True, exist_ok=True)
@@ -126,7 +134,7 @@ def write_shard(rows: list[dict[str, Any]], out: Path, run_id: str, layout: Shar
     if bad:
         qrows = [{"source": r["source"], "stage": r["stage"], "error": r["error"], "song_id": r.get("song_id", ""),
                   "input_id": r["input_id"], "file_size": r.get("file_size", -1), "file_mtime_ns": r.get("file_mtime_ns", -1),
-                  "run_id": run_id} for r in bad]
+                  "run_id": run_id, "error_kind": r.get("error_kind", ""), "config_key": layout.config_key} for r in bad]
         pq.write_table(pa.Table.from_pylist(qrows, schema=QUARANTINE_SCHEMA), staging / QUARANTINE / part)
         staged.append(QUARANTINE)
     with _commit_lock(out):

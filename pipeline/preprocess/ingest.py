@@ -19,11 +19,12 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.audio import SUPPORTED_EXTENSIONS
 from pipeline.config import ConfigError
-from pipeline.data.lyrics import LYRICS_FILE_EXTENSIONS, normalise_lyrics, read_lyrics  # noqa: F401 (re-exported)
+from pipeline.data.lyrics import LYRICS_FILE_EXTENSIONS, MAX_LYRICS_BYTES, normalise_lyrics, read_lyrics  # noqa: F401 (re-exported)
 
 SIDECAR_EXTENSIONS = {".json", ".txt", ".lrc", ".csv", ".jsonl", ".parquet", ".md", ".yaml", ".yml"}
 PATH_KEYS, GENRE_KEYS = ("path", "uri", "audio", "file"), ("genre", "genres")
@@ -43,6 +44,7 @@ def base_record(source: str, **meta: Any) -> dict[str, Any]:
         "status": "ok",
         "stage": "",
         "error": "",
+        "error_kind": "",
     }
 
 
@@ -64,23 +66,80 @@ def genre_words(value: Any, max_words: int) -> list[str]:
     return words[:max_words]
 
 
+def _text_problem(value: Any) -> bool:
+    """True for text that cannot be written as UTF-8: bytes that were not UTF-8 (read with
+    surrogateescape) or a lone surrogate from a JSON escape."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, (list, tuple)):
+        return any(_text_problem(v) for v in value)
+    if isinstance(value, dict):
+        return any(_text_problem(k) or _text_problem(v) for k, v in value.items())
+    return False
+
+
+def row_problem(row: Any, where: str) -> str | None:
+    """Why one manifest row cannot be an input, or None: the row is quarantined, the rest go on."""
+    if not isinstance(row, dict):
+        return f"{where} is not a JSON object (got {type(row).__name__})"
+    bad = [str(k) for k, v in row.items() if _text_problem(k) or _text_problem(v)]
+    if bad:
+        return f"{where} holds text that is not valid UTF-8 (column {bad[0]!r})"
+    lyrics = row.get("lyrics")
+    if isinstance(lyrics, str) and len(lyrics) > MAX_LYRICS_BYTES:
+        return f"{where}: lyrics cell is over {MAX_LYRICS_BYTES // 1024} KB"
+    return None
+
+
 def _read_manifest(path: Path) -> list[dict[str, Any]]:
+    """The rows of a manifest; a row that cannot be read becomes ``{"__error__": reason}``. A file
+    that cannot be read at all is a ConfigError, before any work starts."""
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            return list(csv.DictReader(fh))
-    if suffix in (".jsonl", ".ndjson"):
+        # undecodable bytes are kept as surrogates and quarantine their row only (row_problem);
+        # the field limit is raised so an oversized cell is a quarantined row, not a crash
+        csv.field_size_limit(1 << 30)
+        try:
+            with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
+                rows: list[Any] = list(csv.DictReader(fh))
+        except csv.Error as exc:
+            raise ConfigError(f"{path}: not a readable CSV manifest ({exc})") from None
+        where = "manifest row {n}"
+    elif suffix in (".jsonl", ".ndjson"):
         rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
+        for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as exc:
                     rows.append({"__error__": f"manifest line {n} is not JSON: {exc}"})
-        return rows
-    if suffix == ".parquet":
-        return pq.read_table(path).to_pylist()
-    raise ConfigError(f"{path}: a manifest must be .csv, .jsonl or .parquet")
+                except RecursionError:
+                    rows.append({"__error__": f"manifest line {n} nests too deep"})
+            else:
+                rows.append(None)  # keeps line numbers; dropped below
+        where = "manifest line {n}"
+    elif suffix == ".parquet":
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except (pa.ArrowException, OSError) as exc:
+            raise ConfigError(f"{path}: not a readable Parquet manifest ({exc})") from None
+        where = "manifest row {n}"
+    else:
+        raise ConfigError(f"{path}: a manifest must be .csv, .jsonl or .parquet")
+    out = []
+    for n, row in enumerate(rows, 1):
+        if row is None:
+            continue
+        problem = row["__error__"] if isinstance(row, dict) and "__error__" in row else row_problem(row, where.format(n=n))
+        ref = next((row[k] for k in PATH_KEYS if isinstance(row, dict) and isinstance(row.get(k), str) and row[k]), "")
+        # the row's audio path names the quarantined input when it is readable text itself
+        out.append({"__error__": problem, "__line__": n, "__path__": "" if _text_problem(ref) else ref} if problem else row)
+    return out
 
 
 def _resolve(ref: str, base: Path) -> str:
@@ -101,10 +160,20 @@ def list_inputs(input_path: str | Path, max_genre_words: int = 5) -> list[dict[s
             rel = f.relative_to(path)
             if any(part.startswith((".", "_")) for part in rel.parts) or f.suffix.lower() in SIDECAR_EXTENSIONS:
                 continue
-            meta: dict[str, Any] = {}
+            meta: Any = {}
             sidecar = f.with_suffix(".json")
             if sidecar.exists():
-                meta = json.loads(sidecar.read_text(encoding="utf-8"))
+                try:
+                    meta = json.loads(sidecar.read_bytes().decode("utf-8-sig", errors="surrogateescape"))
+                except (json.JSONDecodeError, RecursionError, OSError) as exc:
+                    meta = {"__error__": f"sidecar {sidecar.name} is not JSON: {exc}"}
+                problem = meta.get("__error__") if isinstance(meta, dict) else None
+                problem = problem or row_problem(meta, f"sidecar {sidecar.name}")
+                if problem:
+                    rec = base_record(str(f))
+                    rec.update(status="quarantined", stage="ingest", error=problem, error_kind="input")
+                    records.append(rec)
+                    continue
             lyrics = meta.get("lyrics")
             if lyrics is None and f.with_suffix(".txt").exists():
                 lyrics = str(f.with_suffix(".txt"))
@@ -120,8 +189,10 @@ def list_inputs(input_path: str | Path, max_genre_words: int = 5) -> list[dict[s
     for n, row in enumerate(rows, 1):
         ref = next((row[k] for k in PATH_KEYS if row.get(k)), None)
         if "__error__" in row or not ref:
-            rec = base_record(f"{path}#row={n}")
-            rec.update(status="quarantined", stage="ingest", error=row.get("__error__", "manifest row has no audio path"))
+            where = row.get("__path__")
+            rec = base_record(_resolve(where, path.parent) if where else f"{path}#row={row.get('__line__', n)}")
+            rec.update(status="quarantined", stage="ingest", error=row.get("__error__", "manifest row has no audio path"),
+                       error_kind="input")
             records.append(rec)
             continue
         lyrics = row.get("lyrics") or ""
@@ -160,6 +231,8 @@ def ingest_row(row: dict[str, Any], hash_chunk_bytes: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if size < 0:
         raise FileNotFoundError(f"audio file not found: {source}")
+    if not os.path.isfile(source):  # hashing a FIFO or a device would block or never end
+        raise ValueError("not a regular file (a folder, FIFO or device)")
     if size == 0:
         raise ValueError("empty file (0 bytes)")
     ext = Path(source).suffix.lower()

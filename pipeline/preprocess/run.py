@@ -100,16 +100,32 @@ def apply_stage(ds, stage_cls: type[Stage], cfg: PreprocessConfig, actors: int =
 def _write_batch(batch: pa.Table, out: str, run_id: str, layout: dict[str, Any]) -> pa.Table:
     rows = batch.to_pylist()
     part = shards.write_shard(rows, Path(out), run_id, shards.ShardLayout(**layout))
-    keep = ("input_index", "source", "song_id", "status", "stage", "error", "duration_s", "title",
+    keep = ("input_index", "source", "song_id", "status", "stage", "error", "error_kind", "duration_s", "title",
             "vocal_activity_ratio", "alignment_coverage", "alignment_method")
     return pa.Table.from_pylist([{**{k: r.get(k) for k in keep}, "shard": part} for r in rows])
 
 
-def _existing_state(out: Path) -> tuple[set[str], set[tuple[str, int, int]]]:
+def quarantine_config_key(cfg: PreprocessConfig, choice) -> str:
+    """The settings an input's fate depends on: change one and every quarantined input is tried again."""
+    decisive = {k: flatten(getattr(cfg, k)) for k in ("ingest", "decode", "separate", "align")}
+    decisive["separator"] = [choice.name, choice.version] if choice is not None else None
+    return hashlib.sha256(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _existing_state(out: Path, config_key: str) -> tuple[set[str], set[tuple[str, int, int]]]:
+    """Songs in the output, and the inputs to skip: quarantined for their content under this config,
+    unchanged since. Transient and internal failures, and rows of older runs without a kind, are retried."""
     songs = shards.read_table(out, shards.SONGS, ["song_id"])
-    quarantined = shards.read_table(out, shards.QUARANTINE, ["source", "file_size", "file_mtime_ns"])
     song_ids = set(songs["song_id"].to_pylist()) if songs is not None else set()
-    q = set(zip(*(quarantined[c].to_pylist() for c in ("source", "file_size", "file_mtime_ns")))) if quarantined is not None else set()
+    q: set[tuple[str, int, int]] = set()
+    folder = out / shards.QUARANTINE
+    for part in sorted(folder.glob("*.parquet")) if folder.exists() else []:
+        table = pq.read_table(part)
+        if "config_key" not in table.column_names:  # written before the kinds existed
+            continue
+        for r in table.select(["source", "file_size", "file_mtime_ns", "error_kind", "config_key"]).to_pylist():
+            if r["error_kind"] == "input" and r["config_key"] == config_key:
+                q.add((r["source"], r["file_size"], r["file_mtime_ns"]))
     return song_ids, q
 
 
@@ -120,9 +136,9 @@ def classify(ingested: list[dict[str, Any]], song_ids: set[str], quarantined: se
         if row["status"] == "ok" and row["song_id"] in song_ids:
             skipped.append({**row, "reason": "song already in songs/"})
         elif (row["source"], row["file_size"], row["file_mtime_ns"]) in quarantined:
-            skipped.append({**row, "reason": "quarantined by an earlier run, file unchanged since"})
+            skipped.append({**row, "reason": "quarantined by an earlier run for its content, file and config unchanged since"})
         elif row["status"] == "ok" and row["song_id"] in first_seen:
-            row.update(status="quarantined", stage="dedup",
+            row.update(status="quarantined", stage="dedup", error_kind="input",
                        error=f"duplicate content: same audio as {first_seen[row['song_id']]} (song_id {row['song_id']})")
             pending.append(row)
         else:
@@ -154,8 +170,9 @@ def run_preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
     with OutputLock(out):
         shards.claim_output(out, run_id)  # a killed run's straggling worker commits nothing from now on
         recovered = shards.recover(out)
-        song_ids, quarantined = _existing_state(out)
         choice = choose_separator(cfg.separate, out, cfg.mlflow_tracking_uri)  # model errors before Ray starts
+        config_key = quarantine_config_key(cfg, choice)
+        song_ids, quarantined = _existing_state(out, config_key)
         with phase("ray_start"):
             init_ray(cfg.ray_address, cfg.num_cpus, cfg.progress)
         cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -178,7 +195,7 @@ def run_preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
         with phase("pipeline"):
             if pending:
                 results = build_pipeline(ray.data.from_items(pending, override_num_blocks=min(len(pending), 200)),
-                                          cfg, out, run_id, actors, choice).take_all()
+                                          cfg, out, run_id, actors, choice, config_key).take_all()
         shutil.rmtree(out / shards.STAGING, ignore_errors=True)  # every shard of this run is committed
         with phase("finish"):
             summary = _finish(cfg, out, run_id, records, results, skipped, recovered, started, phase, choice)
@@ -188,12 +205,13 @@ def run_preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
     return summary
 
 
-def build_pipeline(ds, cfg: PreprocessConfig, out: Path, run_id: str, actors: int, choice=None):
+def build_pipeline(ds, cfg: PreprocessConfig, out: Path, run_id: str, actors: int, choice=None, config_key: str = ""):
     """decode -> separate -> align -> write, as one streaming Ray Dataset."""
     for stage_cls in PIPELINE:
         ds = apply_stage(ds, stage_cls, cfg, actors, choice)
     layout = {"encoding": cfg.shards.encoding, "segment_samples": cfg.shards.segment_samples,
-              "segments_per_row_group": cfg.shards.segments_per_row_group, "compression": cfg.shards.compression}
+              "segments_per_row_group": cfg.shards.segments_per_row_group, "compression": cfg.shards.compression,
+              "config_key": config_key}
     return ds.map_batches(_write_batch, batch_size=cfg.shards.songs_per_shard, batch_format="pyarrow",
                           fn_kwargs={"out": str(out), "run_id": run_id, "layout": layout}, num_cpus=1)
 

@@ -22,8 +22,15 @@ from pipeline.preprocess.config import PreprocessConfig
 from pipeline.preprocess.ingest import ingest_row
 from pipeline.separate.activity import VocalActivity, detect_vocal_activity
 
-# AlignerUnavailable: a single configured aligner (not "auto") that cannot align this song
-EXPECTED_ERRORS = (audio_io.AudioError, AlignerUnavailable, FileNotFoundError, ValueError, UnicodeError, OSError)
+# What a failure says about the input, which decides whether a rerun tries it again:
+# - "input": the file's content fails under this config (corrupt, too long, not audio): skipped
+#   until the file or the config changes;
+# - "transient": the file could not be read (I/O error, permissions, a stale network mount): tried
+#   again (a missing file is an "input" one: its fingerprint changes when it appears);
+# - "internal": a bug of ours: tried again (after the fix).
+# AlignerUnavailable: a single configured aligner (not "auto") that cannot align this song.
+INPUT_ERRORS = (audio_io.AudioError, AlignerUnavailable, UnicodeError, FileNotFoundError)
+TRANSIENT_ERRORS = (OSError,)
 
 
 class Stage:
@@ -54,19 +61,23 @@ class Stage:
             if row["status"] == "ok":
                 try:
                     row.update(self.process_row(row))
-                except EXPECTED_ERRORS as exc:
-                    quarantine(row, self.name, str(exc))
+                except INPUT_ERRORS as exc:
+                    quarantine(row, self.name, str(exc), "input")
+                except TRANSIENT_ERRORS as exc:
+                    quarantine(row, self.name, str(exc), "transient")
+                except ValueError as exc:
+                    quarantine(row, self.name, str(exc), "input")
                 except Exception as exc:  # noqa: BLE001 - one bad song must not end a corpus run
                     where = traceback.extract_tb(exc.__traceback__)[-1]
                     quarantine(row, self.name, f"internal error {type(exc).__name__}: {exc} "
-                                               f"(at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})")
+                                               f"(at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})", "internal")
             for column, default in self.outputs.items():
                 row.setdefault(column, default)
         return pa.Table.from_pylist(rows)
 
 
-def quarantine(row: dict[str, Any], stage: str, error: str) -> None:
-    row.update(status="quarantined", stage=stage, error=error)
+def quarantine(row: dict[str, Any], stage: str, error: str, kind: str) -> None:
+    row.update(status="quarantined", stage=stage, error=error, error_kind=kind)
     for heavy in ("audio", "vocals"):  # free the memory of a rejected song right away
         if heavy in row:
             row[heavy] = b""

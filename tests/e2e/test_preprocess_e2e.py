@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from corpus import make_broken_corpus, write_jamendo_manifest
+from corpus import HOSTILE_REASONS, make_broken_corpus, write_jamendo_manifest
 from processes import all_loopback, listening_addresses
 
 from pipeline.audio import decode
@@ -64,6 +64,9 @@ def test_every_input_is_accounted_for_with_its_reason(broken_run):
     assert "unsupported format .mid" in reasons["song.mid"] and "too long" in reasons["too_long.wav"]
     assert "not found" in reasons["missing.wav"] and "duplicate content" in reasons[next(k for k in reasons if k.startswith("copy_of"))]
     assert "not a decodable audio file" in reasons["corrupt.mp3"] and "no audio path" in reasons["#row"]
+    assert "not valid UTF-8 (column 'artist')" in reasons["latin1.wav"]
+    for name, words in HOSTILE_REASONS.items():
+        assert words in reasons[name], (name, reasons[name])
     # the per-input outcome file lists every input exactly once
     outcomes = pq.read_table(out / "runs" / f"{summary['run_id']}.inputs.parquet").to_pylist()
     assert len(outcomes) == len(expected) and len({o["source"] for o in outcomes}) == len(expected)

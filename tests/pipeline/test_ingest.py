@@ -81,3 +81,65 @@ def test_lyrics_and_genre_normalisation():
     assert normalise_lyrics("e\u0301") == "é"  # NFC
     assert genre_words("Rock, rock; POP / indie rock alt country", 5) == ["rock", "pop", "indie", "alt", "country"]
     assert genre_words(None, 5) == []
+
+
+# --- hostile manifests (issue 13): one bad row is a quarantined row, an unreadable file a clear error
+
+def _quarantined(records):
+    return {r["source"].rsplit("#", 1)[-1].rsplit("/", 1)[-1]: r["error"] for r in records if r["status"] == "quarantined"}
+
+
+def test_a_non_utf8_csv_row_is_quarantined_alone(tmp_path):
+    (tmp_path / "m.csv").write_bytes(b"path,artist\na.wav,Good\nb.wav,Caf\xe9 Latin1\nc.wav,Fine\n")
+    records = list_inputs(tmp_path / "m.csv")
+    assert [r["status"] for r in records] == ["ok", "quarantined", "ok"]
+    assert records[1]["source"].endswith("b.wav") and "not valid UTF-8 (column 'artist')" in records[1]["error"]
+
+
+def test_jsonl_lines_that_are_not_objects_or_hold_lone_surrogates(tmp_path):
+    lines = ['{"path": "a.wav"}', "[1, 2]", '"just a string"', '{"path": "b.wav", "artist": "\\ud800"}', "",
+             '{"path": "c.wav"', '{"path": "d.wav", "lyrics": "' + "la " * 50_000 + '"}', '{"path": "e.wav"}']
+    (tmp_path / "m.jsonl").write_text("\n".join(lines))
+    records = list_inputs(tmp_path / "m.jsonl")
+    q = _quarantined(records)
+    assert q["row=2"] == "manifest line 2 is not a JSON object (got list)" and "got str" in q["row=3"]
+    assert "not valid UTF-8 (column 'artist')" in q["b.wav"] and "is not JSON" in q["row=6"]
+    assert "lyrics cell is over 128 KB" in q["d.wav"]
+    assert [r["source"].rsplit("/", 1)[-1] for r in records if r["status"] == "ok"] == ["a.wav", "e.wav"]
+
+
+def test_a_huge_csv_cell_is_a_quarantined_row(tmp_path):
+    (tmp_path / "m.csv").write_text("path,lyrics\na.wav," + "x" * 300_000 + "\nb.wav,short\n")
+    records = list_inputs(tmp_path / "m.csv")
+    assert "over 128 KB" in records[0]["error"] and records[1]["status"] == "ok"
+
+
+def test_unreadable_manifests_are_refused_before_work(tmp_path):
+    (tmp_path / "m.parquet").write_bytes(b"PAR1" + b"\x00" * 100)
+    with pytest.raises(ConfigError, match="not a readable Parquet manifest"):
+        list_inputs(tmp_path / "m.parquet")
+
+
+def test_a_bad_sidecar_quarantines_its_song_only(tmp_path):
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.wav").write_bytes(b"RIFF")
+    (tmp_path / "a.json").write_text('{"artist": "ok"}')
+    (tmp_path / "b.json").write_text('{"artist": ')
+    (tmp_path / "c.json").write_text('["not", "an", "object"]')
+    records = {r["source"].rsplit("/", 1)[-1]: r for r in list_inputs(tmp_path)}
+    assert records["a.wav"]["status"] == "ok" and records["a.wav"]["artist"] == "ok"
+    assert "sidecar b.json is not JSON" in records["b.wav"]["error"]
+    assert "sidecar c.json is not a JSON object" in records["c.wav"]["error"]
+
+
+def test_lyrics_files_must_be_regular_and_small(tmp_path):
+    import os
+
+    from pipeline.data.lyrics import LyricsError, read_lyrics
+
+    os.mkfifo(tmp_path / "fifo.txt")  # reading it would block forever
+    with pytest.raises(LyricsError, match="not a regular file"):
+        read_lyrics(str(tmp_path / "fifo.txt"))
+    (tmp_path / "big.txt").write_text("la " * 60_000)
+    with pytest.raises(LyricsError, match="over 128 KB"):
+        read_lyrics(str(tmp_path / "big.txt"))

@@ -66,3 +66,42 @@ def test_a_superseded_run_commits_nothing(tmp_path):
     assert len(list((tmp_path / shards.SONGS).glob("*.parquet"))) == 1
     shards.write_shard([_row("s1", np.zeros((3000, 2), np.float32))], tmp_path, "new", layout)
     assert len(list((tmp_path / shards.SONGS).glob("*.parquet"))) == 2
+
+
+def test_a_rerun_skips_only_content_failures_under_the_same_config(tmp_path):
+    from pipeline.preprocess.run import _existing_state, classify
+
+    layout = shards.ShardLayout("pcm16", segment_samples=1024, segments_per_row_group=3, config_key="k1")
+    rows = []
+    for name, kind in [("corrupt", "input"), ("unreadable", "transient"), ("bug", "internal")]:
+        r = _row(name, np.zeros((0, 2)), "quarantined")
+        r["error_kind"] = kind
+        rows.append(r)
+    shards.write_shard(rows, tmp_path, "r1", layout)
+    again = [{**r, "status": "ok", "input_index": i} for i, r in enumerate(rows)]
+    _, same_config = _existing_state(tmp_path, "k1")
+    pending, skipped = classify(again, set(), same_config)
+    assert [r["song_id"] for r in skipped] == ["corrupt"] and [r["song_id"] for r in pending] == ["unreadable", "bug"]
+    _, other_config = _existing_state(tmp_path, "k2")  # e.g. a longer --decode.max_seconds
+    pending, skipped = classify(again, set(), other_config)
+    assert not skipped and len(pending) == 3
+    changed = [{**r, "file_mtime_ns": 2} for r in again]  # the file was replaced
+    assert not classify(changed, set(), same_config)[1]
+
+
+def test_a_quarantine_written_before_the_kinds_is_retried(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.preprocess.run import _existing_state
+
+    old = pa.schema([f for f in shards.QUARANTINE_SCHEMA if f.name not in ("error_kind", "config_key")])
+    (tmp_path / shards.QUARANTINE).mkdir()
+    pq.write_table(pa.Table.from_pylist([{"source": "/x/a.wav", "stage": "decode", "error": "bad", "song_id": "", "input_id": "a",
+                                          "file_size": 10, "file_mtime_ns": 1, "run_id": "r0"}], schema=old),
+                   tmp_path / shards.QUARANTINE / "part-r0-0.parquet")
+    assert _existing_state(tmp_path, "k1")[1] == set()
+    layout = shards.ShardLayout("pcm16", segment_samples=1024, segments_per_row_group=3, config_key="k1")
+    r = {**_row("b", np.zeros((0, 2)), "quarantined"), "error_kind": "input"}
+    shards.write_shard([r], tmp_path, "r1", layout)  # old and new files side by side
+    assert _existing_state(tmp_path, "k1")[1] == {("/x/b.wav", 10, 1)}

@@ -14,14 +14,21 @@
 #   start workers with: RAY_AUTH_MODE=token ray start --address <head>:$RAY_PORT --block
 # - The dashboard/job API stays on 127.0.0.1 unless RAY_DASHBOARD_HOST says otherwise; reach it
 #   through an SSH tunnel (CVE-2023-48022: an open job API runs anyone's code).
+#
+# Durable defaults: a job submitted with `ray job submit --working-dir .` runs in a temporary copy
+# of the working dir, deleted with the job. Its driver inherits this head's environment, so
+# JUKEBOX_RUNS_DIR (default: this checkout's runs/) is where a job keeps its default MLflow store,
+# checkpoints and samples, and MLFLOW_TRACKING_URI, if exported here (e.g. the server of
+# infra/mlflow-server.sh), is every job's tracking store. A client's environment is not passed.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
+export JUKEBOX_RUNS_DIR="${JUKEBOX_RUNS_DIR:-$root/runs}"
 export PATH="$root/.venv/bin:$PATH"   # the entrypoint's `python` is the project's environment
 host="${RAY_HEAD_HOST:-127.0.0.1}"
 export RAY_AUTH_MODE=token
 RAY_AUTH_TOKEN_PATH="$(cd "$root" && python -m pipeline.ray_auth token)"
 export RAY_AUTH_TOKEN_PATH
-echo "ray-head: token auth on, token file $RAY_AUTH_TOKEN_PATH; listening on $host" >&2
+echo "ray-head: token auth on, token file $RAY_AUTH_TOKEN_PATH; listening on $host; jobs keep runs in $JUKEBOX_RUNS_DIR" >&2
 if python -c "import sys; from pipeline.ray_auth import is_loopback; sys.exit(not is_loopback(sys.argv[1]))" "$host"; then
   export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0   # Ray's switch that keeps a loopback node address as given
 fi

@@ -86,12 +86,12 @@ def download(uri: str, cache: str | Path | None = None, tracking_uri: str | None
 
     import mlflow
 
-    from pipeline.services import RUNS_DIR
+    from pipeline.services import runs_dir
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per small download is noise in a job's log
     mv = resolve(uri, tracking_uri)
     c = client(tracking_uri)
-    root = Path(cache or RUNS_DIR / "registry").expanduser().resolve()
+    root = Path(cache or runs_dir() / "registry").expanduser().resolve()
     # the run id too: another tracking store has its own "name version 1" (a different model)
     folder = root / f"{mv.name}-v{mv.version}-{(mv.run_id or 'norun')[:12]}"
     if not folder.exists():

@@ -10,7 +10,25 @@ from contextlib import contextmanager
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-RUNS_DIR = PROJECT_ROOT / "runs"
+RUNS_DIR_ENV = "JUKEBOX_RUNS_DIR"
+SUBMITTED_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # what Ray's job supervisor sets for a `ray job submit` entrypoint
+DURABLE_RUNS_DIR = Path("~/.local/share/jukebox/runs")
+
+
+def runs_dir() -> Path:
+    """Where a job keeps by default what must outlive it: the MLflow store, checkpoints, samples.
+
+    $JUKEBOX_RUNS_DIR when set; else the project's ``runs/`` for a local run; else, under
+    ``ray job submit``, whose working directory is a temporary copy deleted with the job,
+    ``~/.local/share/jukebox/runs`` on the node the job's driver runs on (the head)."""
+    if os.environ.get(RUNS_DIR_ENV):
+        return Path(os.environ[RUNS_DIR_ENV]).expanduser().resolve()
+    if SUBMITTED_JOB_ENV in os.environ:
+        return DURABLE_RUNS_DIR.expanduser()
+    return PROJECT_ROOT / "runs"
+
+
+RUNS_HELP = "the runs folder: $JUKEBOX_RUNS_DIR, else ./runs, else ~/.local/share/jukebox/runs under ray job submit"
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, progress: bool = True) -> str:
@@ -74,12 +92,12 @@ def free_port() -> int:
 
 
 def tracking_uri(explicit: str | None = None) -> str:
-    """$MLFLOW_TRACKING_URI wins; the default is a sqlite store under the project's runs/."""
+    """$MLFLOW_TRACKING_URI wins; the default is a sqlite store in ``runs_dir()``."""
     uri = explicit or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    RUNS_DIR.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{RUNS_DIR / 'mlflow.db'}"
+    runs_dir().mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{runs_dir() / 'mlflow.db'}"
 
 
 def mlflow_experiment(name: str, uri: str | None = None) -> str:

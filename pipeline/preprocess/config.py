@@ -7,6 +7,7 @@ from typing import Literal
 
 from pipeline.audio import AudioLimits
 from pipeline.config import ConfigError, field
+from pipeline.services import RUNS_HELP
 
 
 @dataclass
@@ -72,7 +73,7 @@ class PreprocessConfig:
     demo: bool = field(False, "generate the synthetic demo corpus into <output>/../demo_corpus and use it as input")
     ray_address: str | None = field(None, "Ray cluster address; default: $RAY_ADDRESS, else an embedded local Ray")
     num_cpus: int | None = field(None, "CPUs of the embedded local Ray (default: all)", ge=1)
-    mlflow_tracking_uri: str | None = field(None, "default: $MLFLOW_TRACKING_URI, else sqlite under ./runs/")
+    mlflow_tracking_uri: str | None = field(None, "default: $MLFLOW_TRACKING_URI, else sqlite in " + RUNS_HELP)
     experiment: str = field("jukebox-preprocess", "MLflow experiment name")
     progress: bool = field(True, "Ray Data progress bars")
     ingest: IngestConfig = field(IngestConfig())

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from models.sampling import SamplingSettings
 from pipeline.config import ConfigError, field
+from pipeline.services import RUNS_HELP
 
 LEVELS = ("top", "middle", "bottom")  # the order they are sampled in
 
@@ -31,7 +32,8 @@ class ModelsConfig:
 
 @dataclass
 class SampleConfig:
-    out: str = field("runs/samples/sample", "output folder; rerunning the same command into it resumes")
+    out: str = field("", "output folder; rerunning the same command into it resumes (default: samples/sample in the runs "
+                         "folder: $JUKEBOX_RUNS_DIR, else ./runs, else ~/.local/share/jukebox/runs under ray job submit)")
     models: ModelsConfig = dataclasses.field(default_factory=ModelsConfig)
     levels: str = field("top,middle,bottom", "levels to sample, from the top (top; top,middle; or all three)")
     top_codes: str = field("", "upsample-only: top-level codes saved by an earlier run (its codes/top.npy)")
@@ -56,7 +58,7 @@ class SampleConfig:
     compile: str = field("auto", "torch.compile the one-token step: auto (when a level samples >= 2048 tokens), true, false")
     decode_levels: str = field("bottom", "levels to decode to audio (each on its own VQ-VAE): any of top,middle,bottom")
     device: str = field("auto", "auto (a GPU when there is one), cpu or cuda")
-    mlflow_tracking_uri: str = field("", "default: $MLFLOW_TRACKING_URI or sqlite under ./runs/")
+    mlflow_tracking_uri: str = field("", "default: $MLFLOW_TRACKING_URI, else sqlite in " + RUNS_HELP)
     experiment: str = field("jukebox-sample", "MLflow experiment")
     ray_address: str = field("", "Ray cluster for --workers (default: $RAY_ADDRESS, else an embedded local Ray)")
 

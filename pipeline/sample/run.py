@@ -41,6 +41,7 @@ from pipeline.sample.level import (
     window_hop,
 )
 from pipeline.sample.models import ModelSet, condition_ids, resolve_models
+from pipeline.services import runs_dir
 from pipeline.train.vqvae_job import LEVEL_HOPS
 
 log = logging.getLogger("jukebox.sample")
@@ -240,7 +241,7 @@ def sample(cfg: SampleConfig) -> dict[str, Any]:
     tokens = {"top": -(-total_samples // LEVEL_HOPS["top"])}
     tokens["middle"], tokens["bottom"] = tokens["top"] * RATIO["middle"], tokens["top"] * RATIO["middle"] * RATIO["bottom"]
     cond = Conditioning(artist, (genres + [-1] * MAX_GENRES)[:MAX_GENRES], total_samples, lyrics)
-    out = Path(cfg.out).expanduser().resolve()
+    out = Path(cfg.out).expanduser().resolve() if cfg.out else runs_dir() / "samples" / "sample"
     device = _device(cfg)
     known = prime_codes(cfg, models, device)
     if cfg.top_codes and known["top"].shape[1] < tokens["top"]:

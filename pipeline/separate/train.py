@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -28,6 +29,7 @@ import soundfile as sf
 
 from pipeline.audio import AudioError, decode
 from pipeline.config import ConfigError, field, flatten
+from pipeline.services import RUNS_HELP
 
 
 @dataclass
@@ -47,7 +49,7 @@ class TrainSeparatorConfig:
     validation_songs: int = field(1, "songs held out for validation (0: validate on the training songs)")
     seed: int = field(3, "random seed")
     spleeter_python: str = field("", "python of the Spleeter environment (default: .venv-spleeter/bin/python)")
-    mlflow_tracking_uri: str | None = field(None, "default: $MLFLOW_TRACKING_URI, else sqlite under ./runs/")
+    mlflow_tracking_uri: str | None = field(None, "default: $MLFLOW_TRACKING_URI, else sqlite in " + RUNS_HELP)
     experiment: str = field("jukebox-separator", "MLflow experiment")
     register: str = field("jukebox-separator", "registered model name ('' to skip registration)")
     alias: str = field("current", "alias set on the new version; preprocessing takes models:/<name>@<alias>")
@@ -148,10 +150,14 @@ def train_separator(cfg: TrainSeparatorConfig) -> dict[str, Any]:
     python = Path(cfg.spleeter_python or DEFAULT_SPLEETER_PYTHON)
     if not python.exists():
         raise ConfigError(f"the Spleeter environment is missing ({python}); build it with ./dev.sh spleeter-env")
-    model_dir = Path(cfg.output).expanduser().resolve()
-    if model_dir.exists() and any(model_dir.iterdir()):
-        raise ConfigError(f"{model_dir} is not empty: choose a new folder for the new model")
-    model_dir.mkdir(parents=True, exist_ok=True)
+    final_dir = Path(cfg.output).expanduser().resolve()
+    if final_dir.exists() and any(final_dir.iterdir()):
+        raise ConfigError(f"{final_dir} is not empty: choose a new folder for the new model")
+    # trained in a hidden sibling and renamed when checked: a killed run leaves no folder that
+    # passes the model check under --output (a leftover .partial folder is removed by the next run)
+    model_dir = final_dir.parent / f".{final_dir.name}.partial"
+    shutil.rmtree(model_dir, ignore_errors=True)
+    model_dir.mkdir(parents=True)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="separator-data-") as tmp:
         data = Path(tmp)
@@ -180,6 +186,10 @@ def train_separator(cfg: TrainSeparatorConfig) -> dict[str, Any]:
     params["train_csv"] = params["validation_csv"] = ""
     params_path.write_text(json.dumps(params, indent=1))
     check_model_folder(model_dir)
+    if final_dir.exists():
+        final_dir.rmdir()  # empty (checked above)
+    os.replace(model_dir, final_dir)
+    model_dir = final_dir
     losses = [(int(s), float(v)) for v, s in re.findall(r"loss = ([0-9.eE+-]+), step = (\d+)", log_text)]
     summary = {"model_dir": str(model_dir), "steps": step, "songs_train": len(train), "songs_validation": len(valid),
                "final_loss": losses[-1][1] if losses else None, "wall_seconds": round(time.time() - started, 1),

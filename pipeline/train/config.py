@@ -115,7 +115,9 @@ class CheckpointConfig:
     every: int = field(200, "steps between checkpoints (and one at the end)", ge=1)
     keep_last: int = field(2, "checkpoints kept, newest first (milestones aside)", ge=1)
     milestone_every: int = field(0, "also keep every checkpoint at a multiple of this many steps (0 = none)")
-    storage: str = field("runs/train", "where Ray Train keeps runs: a path (made absolute) or a URI Ray supports (file://, s3://, gs://)")
+    storage: str = field("", "where Ray Train keeps runs: a path (made absolute) or a URI Ray supports (file://, s3://, gs://); "
+                             "default: train/ in the runs folder ($JUKEBOX_RUNS_DIR, else ./runs, else "
+                             "~/.local/share/jukebox/runs under ray job submit, whose working dir is deleted with the job)")
     run_name: str = field("", "Ray Train run name; reusing one resumes it (default: <task>-<level>-<time>-<pid>)")
 
     def validate(self) -> None:
@@ -123,8 +125,6 @@ class CheckpointConfig:
             raise ConfigError("checkpoint.every and checkpoint.keep_last must be >= 1, checkpoint.milestone_every >= 0")
         if self.milestone_every and self.milestone_every % self.every:
             raise ConfigError(f"checkpoint.milestone_every ({self.milestone_every}) must be a multiple of checkpoint.every ({self.every})")
-        if not self.storage:
-            raise ConfigError("checkpoint.storage must name a folder or URI")
         if "/" in self.run_name or self.run_name in (".", ".."):
             raise ConfigError(f"checkpoint.run_name must be a plain name, got {self.run_name!r}")
 
@@ -132,6 +132,8 @@ class CheckpointConfig:
         """A URI as given, or an absolute local path (Ray Train workers run in another directory)."""
         from pathlib import Path
 
+        from pipeline.services import runs_dir
+
         if "://" in self.storage:
             return self.storage
-        return str(Path(self.storage).expanduser().resolve())
+        return str(Path(self.storage).expanduser().resolve() if self.storage else runs_dir() / "train")

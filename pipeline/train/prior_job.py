@@ -21,6 +21,7 @@ from models.prior import PriorConfig
 from models.prior_configs import PAPER, TINY
 from pipeline.audio import TARGET_SAMPLE_RATE
 from pipeline.config import ConfigError, field
+from pipeline.services import RUNS_HELP
 from pipeline.train.config import CheckpointConfig, OptimConfig, RuntimeConfig
 from pipeline.train.vqvae_job import LEVEL_HOPS
 
@@ -66,7 +67,7 @@ class TrainPriorConfig:
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     optim: OptimConfig = dataclasses.field(default_factory=_prior_optim)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
-    mlflow_tracking_uri: str = field("", "default: $MLFLOW_TRACKING_URI or sqlite under ./runs/")
+    mlflow_tracking_uri: str = field("", "default: $MLFLOW_TRACKING_URI, else sqlite in " + RUNS_HELP)
     experiment: str = field("jukebox-prior", "MLflow experiment")
     register: str = field("", "registered model name (default: jukebox-prior-<level>)")
     alias: str = field("current", "alias set on the new version ('' = none)")

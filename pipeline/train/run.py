@@ -65,7 +65,8 @@ def _mlflow_run(spec: TrainSpec, name: str, params: dict[str, Any]) -> str:
     exp_id = mlflow_experiment(spec.tracking.experiment, spec.tracking.uri)
     client = mlflow.MlflowClient(tracking_uri=spec.tracking.uri)
     found = client.search_runs([exp_id], filter_string=f"tags.{RUN_TAG} = '{name}'", max_results=1)
-    if found:
+    if found:  # resumed: a run that was stopped (KILLED) or SIGKILLed (still RUNNING) runs again
+        client.update_run(found[0].info.run_id, status="RUNNING")
         return found[0].info.run_id
     lineage = spec.task.card().get("lineage", {})
     run = client.create_run(exp_id, run_name=name, tags={RUN_TAG: name, "family": spec.task.name, **lineage_tags(lineage),
@@ -92,7 +93,12 @@ def train_and_register(spec: TrainSpec, level: str = "") -> dict[str, Any]:
               **{f"checkpoint.{k}": v for k, v in flatten(spec.checkpoint).items()}, **spec.task.params()}
     run_id = spec.mlflow_run_id = _mlflow_run(spec, name, params)
     client = mlflow.MlflowClient(tracking_uri=spec.tracking.uri)
-    result, facts = fit(spec, name)
+    try:
+        result, facts = fit(spec, name)
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (`ray job stop`; pipeline.cli makes it SystemExit)
+        client.set_terminated(run_id, "KILLED")
+        print(f"stopped: MLflow run {run_id} marked KILLED; the same --checkpoint.run_name {name} resumes it", flush=True)
+        raise
     if result.error:
         _retry("mark the run failed", lambda: client.set_terminated(run_id, "FAILED"))
         raise result.error

@@ -15,6 +15,7 @@ from typing import Literal
 
 from models.vqvae import PAPER, TINY, VQVAEConfig
 from pipeline.config import ConfigError, field
+from pipeline.services import RUNS_HELP
 from pipeline.train.config import CheckpointConfig, OptimConfig, RuntimeConfig
 from pipeline.train.runtime import Tracking
 
@@ -51,7 +52,7 @@ class TrainVQVAEConfig:
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
-    mlflow_tracking_uri: str = field("", "default: $MLFLOW_TRACKING_URI or sqlite under ./runs/")
+    mlflow_tracking_uri: str = field("", "default: $MLFLOW_TRACKING_URI, else sqlite in " + RUNS_HELP)
     experiment: str = field("jukebox-vqvae", "MLflow experiment")
     register: str = field("", "registered model name (default: jukebox-vqvae-<level>)")
     alias: str = field("current", "alias set on the new version ('' = none)")

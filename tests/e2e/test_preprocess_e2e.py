@@ -225,7 +225,7 @@ def test_same_files_run_under_ray_job_submit(tmp_path):
                                 start_new_session=True,
                                 env={**venv_path, "RAY_PORT": str(port), "RAY_DASHBOARD_PORT": str(dash), "RAY_NUM_CPUS": "4",
                                      "RAY_DASHBOARD_AGENT_PORT": "52391",  # an embedded Ray of this process may hold 52365
-                                     "RAY_AUTH_TOKEN_PATH": str(token_file)})
+                                     "RAY_AUTH_TOKEN_PATH": str(token_file), "JUKEBOX_RUNS_DIR": str(tmp_path / "head-runs")})
     api = f"http://127.0.0.1:{dash}"
     env = {**venv_path, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file), "RAY_API_SERVER_ADDRESS": api,
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
@@ -269,12 +269,16 @@ def test_same_files_run_under_ray_job_submit(tmp_path):
         succeeded(submit("jobs/preprocess.py", "--progress", "false", "--input", str(manifest), "--output", str(tmp_path / "out")))
         summary = json.loads((tmp_path / "out" / "summary.json").read_text())
         assert summary["ok"] == 2 and summary["inputs"] == 2
+        # no --mlflow_tracking_uri (and the client's is not passed): the run is in the head's durable
+        # runs folder, not in the job's temporary working dir
+        import mlflow
+
+        durable = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'head-runs' / 'mlflow.db'}")
+        assert durable.get_run(summary["mlflow_run_id"]).data.metrics["ok"] == 2
         db = f"sqlite:///{tmp_path / 'train.db'}"  # the job runs in the cluster's environment, not this client's
         succeeded(submit("jobs/train_vqvae.py", "--level", "top", "--preset", "tiny", "--shards", str(tmp_path / "out"),
                          "--runtime.workers", "2", "--runtime.zero_stage", "3", "--runtime.total_steps", "4",
                          "--checkpoint.every", "2", "--checkpoint.storage", str(tmp_path / "runs"), "--mlflow_tracking_uri", db))
-        import mlflow
-
         client = mlflow.MlflowClient(tracking_uri=db)
         mv = client.get_model_version_by_alias("jukebox-vqvae-top", "current")
         assert mv.tags["hop_length"] == "128" and mv.tags["steps"] == "4"

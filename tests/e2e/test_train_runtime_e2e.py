@@ -177,3 +177,29 @@ def test_an_mlflow_outage_mid_run_does_not_stop_training(tmp_path):
         assert client.get_model_version_by_alias("toy-outage", "current").run_id == done["mlflow_run_id"]
     finally:
         _stop(server[0])
+
+
+def test_a_stopped_run_is_marked_killed_not_left_running(db, tmp_path, monkeypatch):
+    """SIGTERM (`ray job stop`) becomes SystemExit in every job (pipeline.cli); the run says KILLED."""
+    import mlflow
+
+    import pipeline.train.run as run_module
+    from pipeline.cli import stop_on_sigterm
+
+    def stopped(spec, name):
+        os.kill(os.getpid(), signal.SIGTERM)  # what `ray job stop` sends the driver
+        time.sleep(5)
+        raise AssertionError("SIGTERM did not stop the job")
+
+    monkeypatch.setattr(run_module, "fit", stopped)
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        stop_on_sigterm()  # what every job's entry point does (pipeline.cli.run_job)
+        with pytest.raises(SystemExit) as stop:
+            train_and_register(toy_spec(tmp_path, db, "stopped"))
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert stop.value.code == 128 + signal.SIGTERM
+    client = mlflow.MlflowClient(tracking_uri=db)
+    run = client.search_runs([client.get_experiment_by_name("toy-train").experiment_id], "tags.ray_train_run = 'stopped'")[0]
+    assert run.info.status == "KILLED"

@@ -59,3 +59,19 @@ def test_bounds_of_the_other_jobs():
         from_dict(TrainPriorConfig, {"optim": {"lr": "nan"}})
     with pytest.raises(ConfigError, match="temperature must be a finite number > 0"):
         from_dict(SampleConfig, {"temperature": 0})
+
+
+def test_defaults_outlive_a_submitted_jobs_working_dir(monkeypatch, tmp_path):
+    from pipeline.services import PROJECT_ROOT, runs_dir, tracking_uri
+    from pipeline.train.config import CheckpointConfig
+
+    monkeypatch.delenv("JUKEBOX_RUNS_DIR", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    assert runs_dir() == PROJECT_ROOT / "runs"
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # what Ray's job supervisor sets for the entrypoint
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert runs_dir() == tmp_path / ".local" / "share" / "jukebox" / "runs"
+    monkeypatch.setenv("JUKEBOX_RUNS_DIR", str(tmp_path / "durable"))
+    assert tracking_uri() == f"sqlite:///{tmp_path / 'durable' / 'mlflow.db'}"
+    assert CheckpointConfig().storage_uri() == str(tmp_path / "durable" / "train")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from pipeline.audio import AudioLimits
@@ -14,6 +16,22 @@ from pipeline.services import RUNS_HELP
 class IngestConfig:
     max_genre_words: int = field(5, "genre words kept per song (the paper used at most 5)", ge=1)
     hash_chunk_bytes: int = field(4 << 20, "read size while hashing audio content", ge=4096)
+    corpus_root: str = field("", "audio and lyrics paths of the input must resolve (symlinks followed) inside this folder, "
+                                 "else the input is quarantined; 'off' allows any path; default: off for a local run, the "
+                                 "input's folder under ray job submit (a manifest must not read the cluster's other files)")
+
+    def confine_to(self, input_path: str) -> Path | None:
+        """The folder inputs must stay in, or None."""
+        from pipeline.services import SUBMITTED_JOB_ENV
+
+        if self.corpus_root.lower() == "off":
+            return None
+        if self.corpus_root:
+            return Path(self.corpus_root).expanduser().resolve()
+        if SUBMITTED_JOB_ENV not in os.environ:
+            return None
+        path = Path(input_path).expanduser().resolve()
+        return path if path.is_dir() else path.parent
 
 
 @dataclass

@@ -149,8 +149,32 @@ def _resolve(ref: str, base: Path) -> str:
     return str(p if p.is_absolute() else (base / p).resolve())
 
 
-def list_inputs(input_path: str | Path, max_genre_words: int = 5) -> list[dict[str, Any]]:
-    """Every input the job must account for, in a stable order."""
+def outside(ref: str, root: Path | None) -> bool:
+    """True when a path (symlinks followed) leaves ``root``; any URI other than a local path does."""
+    if root is None or not ref:
+        return False
+    return "://" in ref or not Path(os.path.realpath(ref)).is_relative_to(os.path.realpath(root))
+
+
+def confine(records: list[dict[str, Any]], root: Path | None) -> list[dict[str, Any]]:
+    """Quarantine the inputs whose audio or lyrics file is outside the corpus root."""
+    for rec in records:
+        lyrics = rec["lyrics_ref"]
+        lyrics_file = lyrics if lyrics.lower().endswith(LYRICS_FILE_EXTENSIONS) and "\n" not in lyrics else ""
+        if rec["status"] == "ok" and (outside(rec["source"], root) or outside(lyrics_file, root)):
+            which = "audio" if outside(rec["source"], root) else "lyrics"
+            rec.update(status="quarantined", stage="ingest", error_kind="input",
+                       error=f"{which} path is outside the corpus root {root} (--ingest.corpus_root)")
+    return records
+
+
+def list_inputs(input_path: str | Path, max_genre_words: int = 5, root: Path | None = None) -> list[dict[str, Any]]:
+    """Every input the job must account for, in a stable order; with ``root``, a path that leaves
+    it (``../``, absolute, a symlink) quarantines its input before anything reads it."""
+    return confine(_list_inputs(input_path, max_genre_words), root)
+
+
+def _list_inputs(input_path: str | Path, max_genre_words: int) -> list[dict[str, Any]]:
     path = Path(input_path).expanduser().resolve()
     if not path.exists():
         raise ConfigError(f"input {input_path} does not exist")

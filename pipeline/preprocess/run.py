@@ -163,7 +163,8 @@ def run_preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
         demo = out.parent / "demo_corpus"
         cfg = dataclasses.replace(cfg, input=str(demo / "manifest.csv") if (demo / "manifest.csv").exists()
                                   else str(make_demo_corpus(demo)))
-    records = list_inputs(cfg.input, cfg.ingest.max_genre_words)  # config errors surface before Ray starts
+    # config errors surface before Ray starts
+    records = list_inputs(cfg.input, cfg.ingest.max_genre_words, cfg.ingest.confine_to(cfg.input))
     for i, rec in enumerate(records):
         rec["input_index"] = i
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]

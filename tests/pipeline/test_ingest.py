@@ -143,3 +143,25 @@ def test_lyrics_files_must_be_regular_and_small(tmp_path):
     (tmp_path / "big.txt").write_text("la " * 60_000)
     with pytest.raises(LyricsError, match="over 128 KB"):
         read_lyrics(str(tmp_path / "big.txt"))
+
+
+def test_a_corpus_root_confines_manifest_paths(tmp_path, monkeypatch):
+    from pipeline.preprocess.config import IngestConfig
+
+    corpus = tmp_path / "corpus"
+    (corpus / "audio").mkdir(parents=True)
+    (tmp_path / "secret.wav").write_bytes(b"RIFF")
+    (tmp_path / "secret.txt").write_text("not yours")
+    (corpus / "audio" / "link.wav").symlink_to(tmp_path / "secret.wav")
+    (corpus / "audio" / "ok.wav").write_bytes(b"RIFF")
+    (corpus / "m.csv").write_text(f"path,lyrics\naudio/ok.wav,\n../secret.wav,\n{tmp_path / 'secret.wav'},\naudio/link.wav,\n"
+                                  "audio/ok.wav,../secret.txt\n")
+    manifest = str(corpus / "m.csv")
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    assert IngestConfig().confine_to(manifest) is None  # a local run reads what its manifest names
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # under ray job submit: the manifest's folder
+    root = IngestConfig().confine_to(manifest)
+    assert root == corpus and IngestConfig(corpus_root="off").confine_to(manifest) is None
+    records = list_inputs(manifest, root=root)
+    assert [r["status"] for r in records] == ["ok", "quarantined", "quarantined", "quarantined", "quarantined"]
+    assert "audio path is outside the corpus root" in records[3]["error"] and "lyrics path" in records[4]["error"]

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +43,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.bench_vqvae_learning import real_shards  # noqa: E402
-from bench.common import REALDATA, save  # noqa: E402
+from bench.common import REALDATA, save, song_ids, song_shards  # noqa: E402
 from pipeline.tables import format_table  # noqa: E402
 
 HOLDOUT = 0.2
@@ -173,31 +172,8 @@ def train(level: str, shards: Path, db: str, work: Path, minutes: float, batch: 
     return result
 
 
-def song_shards(work: Path, name: str, song_ids: list[str]) -> Path:
-    """Shards of some of the three songs (their own vocabulary), preprocessed once."""
-    import csv
-
-    from corpus import write_jamendo_manifest
-
-    out = work / f"shards-{name}"
-    if not (out / "summary.json").exists():
-        full = write_jamendo_manifest(work / "corpus")
-        with open(full, newline="", encoding="utf-8") as fh:
-            rows = [r for r in csv.DictReader(fh) if r["id"] in song_ids]
-        manifest = work / f"manifest-{name}.csv"
-        with open(manifest, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        subprocess.run([sys.executable, str(ROOT / "jobs" / "preprocess.py"), "--input", str(manifest), "--output", str(out),
-                        "--progress", "false", "--align.aligner", "linear", "--mlflow_tracking_uri", f"sqlite:///{work / 'pre.db'}"],
-                       check=True, cwd=ROOT, capture_output=True)
-    return out
-
-
 def leave_one_out(work: Path, minutes: float, vqvae_steps: int, batch: int, timing: bool = True, folds: int = 3) -> list[dict]:
     """Each song unseen in turn: its own VQ-VAE and top prior per fold, measured on the unseen song."""
-    import csv
 
     from pipeline.config import from_dict
     from pipeline.registry import download
@@ -206,8 +182,7 @@ def leave_one_out(work: Path, minutes: float, vqvae_steps: int, batch: int, timi
     from pipeline.train.prior_job import TrainPriorConfig, train_prior
     from pipeline.train.vqvae_job import TrainVQVAEConfig, train_vqvae
 
-    with open(REALDATA / "JamendoLyrics.csv", newline="", encoding="utf-8") as fh:
-        ids = [Path(m["Filepath"]).stem for m in csv.DictReader(fh)]
+    ids = song_ids()
     results = []
     for unseen in ids[:folds]:
         fold = work / f"fold-{unseen}"

@@ -23,3 +23,37 @@ def save(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=1))
     return path
+
+
+def song_ids() -> list[str]:
+    """The three shared songs, in the order of their metadata file."""
+    import csv
+
+    with open(REALDATA / "JamendoLyrics.csv", newline="", encoding="utf-8") as fh:
+        return [Path(m["Filepath"]).stem for m in csv.DictReader(fh)]
+
+
+def song_shards(work: Path, name: str, ids: list[str]) -> Path:
+    """Shards of some of the three shared songs (their own vocabulary), preprocessed once with
+    the linear aligner (alignment does not matter to the benchmarks that use this)."""
+    import csv
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from corpus import write_jamendo_manifest
+
+    out = work / f"shards-{name}"
+    if not (out / "summary.json").exists():
+        full = write_jamendo_manifest(work / "corpus")
+        with open(full, newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.DictReader(fh) if r["id"] in ids]
+        manifest = work / f"manifest-{name}.csv"
+        with open(manifest, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        subprocess.run([sys.executable, str(ROOT / "jobs" / "preprocess.py"), "--input", str(manifest), "--output", str(out),
+                        "--progress", "false", "--align.aligner", "linear", "--mlflow_tracking_uri", f"sqlite:///{work / 'pre.db'}"],
+                       check=True, cwd=ROOT, capture_output=True)
+    return out

@@ -6,7 +6,10 @@ The configuration of the issue's reference comparison: bottom level at width 32,
 hop 8, codebook 2048 x 64, batch 2 x 65,536 mono samples of real music (the shared
 songs, else noise), fp32, Adam. FLOPs per step are counted by torch's FlopCounterMode
 (forward + backward; the codebook's EMA update included); the ceiling is the best of
-a few large fp32 matmuls measured on the same threads. The distributed runtime adds
+a few large fp32 matmuls measured on the same threads. Variants: fp32, bf16 autocast (fp32
+weights; only on a CPU with AVX512-BF16 or AMX), each eager and compiled. ``--original``
+takes the original's step times from ``../shared/peer/run.sh <jukebox git dir> --only a_``,
+run in the same sitting, and prints the ratio. The distributed runtime adds
 its own cost on top (measured separately, with the runtime).
 """
 
@@ -61,55 +64,79 @@ def matmul_ceiling(size: int = 2048, reps: int = 5) -> float:
     return best
 
 
+VARIANTS = {  # name: (torch.compile, bf16 autocast) -- the job's --runtime.compile and --runtime.autocast
+    "fp32": (False, False), "bf16 autocast": (False, True), "compiled fp32": (True, False), "compiled + bf16 autocast": (True, True)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--length", type=int, default=65_536)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    ap.add_argument("--checkpointing", action="store_true", help="also each variant with activation checkpointing")
+    ap.add_argument("--original", type=float, nargs="*", default=[],
+                    help="the original's step times (s) measured in the same sitting with ../shared/peer/run.sh --only a_")
     args = ap.parse_args()
+    from pipeline.train.runtime import bf16_supported
+
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     cfg = VQVAEConfig(level=0, width=32, depth=4)
     batches = real_batches(args.steps + 3, args.batch, args.length)
     sample = torch.cat(batches).squeeze(-1)
     scales = LossScales(float(sample.var()), mean_spectral_norm(sample, cfg.stft_settings))
     rows, results = [], {}
-    for checkpointing in (False, True):
-        cfg.checkpoint_activations = checkpointing
-        model = VQVAE(cfg)
-        opt = torch.optim.Adam(model.parameters(), lr=3e-4)
+    for name in args.variants.split(","):
+        compiled, bf16 = VARIANTS[name]
+        if bf16 and not bf16_supported("cpu"):
+            print(f"{name}: skipped, this CPU has no AVX512-BF16 or AMX")
+            continue
+        for checkpointing in (False, True) if args.checkpointing else (False,):
+            torch.manual_seed(0)
+            cfg.checkpoint_activations = checkpointing
+            model = VQVAE(cfg)
+            forward = torch.compile(model) if compiled else model
+            opt = torch.optim.Adam(model.parameters(), lr=3e-4, fused=True)  # the runtime's optimizer is fused too
 
-        def step(x, model=model, opt=opt):
-            parts = vqvae_loss(model(x), x, cfg, scales)
-            opt.zero_grad(set_to_none=True)
-            parts["loss"].backward()
-            opt.step()
+            def step(x, forward=forward, opt=opt, bf16=bf16):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    out = forward(x)
+                parts = vqvae_loss(out, x, cfg, scales)
+                opt.zero_grad(set_to_none=True)
+                parts["loss"].backward()
+                opt.step()
 
-        for x in batches[:3]:
-            step(x)  # warm-up (codebook initialisation, allocator)
-        times = []
-        for x in batches[3:]:
             t = time.perf_counter()
-            step(x)
-            times.append(time.perf_counter() - t)
-        from torch.utils.flop_counter import FlopCounterMode
+            for x in batches[:3]:
+                step(x)  # warm-up (codebook initialisation, allocator, compilation)
+            warmup = time.perf_counter() - t
+            times = []
+            for x in batches[3:]:
+                t = time.perf_counter()
+                step(x)
+                times.append(time.perf_counter() - t)
+            from torch.utils.flop_counter import FlopCounterMode
 
-        with FlopCounterMode(display=False) as counter:
-            step(batches[0])
-        flops = counter.get_total_flops()
-        median = statistics.median(times)
-        results[f"checkpointing={checkpointing}"] = {"step_s": median, "steps_s": times, "flops_per_step": flops}
-        rows.append([str(checkpointing), round(median, 3), round(flops / 1e9, 1), round(flops / median / 1e9, 2)])
+            with FlopCounterMode(display=False) as counter:
+                step(batches[0])
+            flops = counter.get_total_flops()
+            median = statistics.median(times)
+            key = name + (" + checkpointing" if checkpointing else "")
+            results[key] = {"step_s": median, "steps_s": times, "warmup_s": warmup, "flops_per_step": flops}
+            rows.append([key, round(median, 3), round(warmup, 1), round(flops / 1e9, 1), round(flops / median / 1e9, 2)])
     ceiling = matmul_ceiling()
+    original = statistics.median(args.original) if args.original else None
     for r in rows:
-        r.append(f"{r[3] * 1e9 / ceiling:.1%}")
-    print(f"bottom level, width 32, depth 4, batch {args.batch} x {args.length}, fp32, {args.threads} threads, "
-          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; matmul ceiling {ceiling / 1e9:.1f} GFLOP/s")
-    print(format_table(["activation checkpointing", "step s (median)", "GFLOP per step", "GFLOP/s", "MFU"], rows))
+        r += [f"{r[4] * 1e9 / ceiling:.1%}", f"{original / r[1]:.2f}x" if original else ""]
+    print(f"bottom level, width 32, depth 4, batch {args.batch} x {args.length}, {args.threads} threads, "
+          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; fp32 matmul ceiling {ceiling / 1e9:.1f} GFLOP/s"
+          + (f"; the original: {original:.3f} s per step (median of {args.original})" if original else ""))
+    print(format_table(["variant", "step s (median)", "warm-up s", "GFLOP per step", "GFLOP/s", "of fp32 ceiling", "vs original"],
+                       rows))
     print(save("vqvae_step", {"config": {"width": 32, "depth": 4, "batch": args.batch, "length": args.length,
                                          "threads": args.threads, "omp_wait_policy": os.environ["OMP_WAIT_POLICY"]},
-                              "matmul_ceiling_flops": ceiling, "results": results}))
+                              "matmul_ceiling_flops": ceiling, "original_step_s": args.original, "results": results}))
 
 
 if __name__ == "__main__":

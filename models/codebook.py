@@ -52,8 +52,10 @@ class EMACodebook(nn.Module):
         """(batch, width, frames) -> codes (batch, frames), flat vectors (batch*frames, width)."""
         flat = z.transpose(1, 2).reshape(-1, self.width).float()
         codes = self.codes.float()  # distances in fp32 even when the engine runs the module in bf16/fp16
-        # |x|^2 is the same for every code of a row, so the argmin needs only |c|^2 - 2 x.c (one fused addmm)
-        dist = torch.addmm(codes.pow(2).sum(1)[None, :], flat, codes.t(), alpha=-2)
+        # |x|^2 is the same for every code of a row, so the argmin needs only |c|^2 - 2 x.c (one fused addmm);
+        # not under autocast, which would make it bf16: 8 bits of mantissa pick wrong codes (and bf16 argmin is 4x slower)
+        with torch.autocast(z.device.type, enabled=False):
+            dist = torch.addmm(codes.pow(2).sum(1)[None, :], flat, codes.t(), alpha=-2)
         return dist.argmin(1).view(z.shape[0], z.shape[2]), flat
 
     def embed(self, codes: torch.Tensor) -> torch.Tensor:
@@ -102,5 +104,5 @@ class EMACodebook(nn.Module):
         if self.training:
             stats = self._update(flat, codes)
         z_q = self.embed(codes).to(z.dtype)
-        commit = (z_q.detach() - z).pow(2).mean()
+        commit = (z_q.detach().float() - z.float()).pow(2).mean()
         return codes, z + (z_q - z).detach(), commit, stats

@@ -38,6 +38,9 @@ class RuntimeConfig:
     offload: bool = field(False, "ZeRO-Offload: optimizer state and step on the CPU (DeepSpeed's CPU Adam; stage >= 1)")
     compile: bool = field(False, "torch.compile the model's forward (ZeRO 0-2): fewer, fused kernels after a one-off compile")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field("auto", "auto: bf16 on GPUs that have it, else fp16 on GPU, fp32 on CPU")
+    autocast: Literal["off", "bf16"] = field("off", "bf16: the forward under torch.autocast with fp32 weights and optimizer "
+                                                    "(convolutions and matmuls in bf16); needs precision fp32 and bf16 hardware "
+                                                    "(a CPU with AVX512-BF16 or AMX: checked, refused otherwise)")
     batch_size: int = field(2, "examples per worker per micro-step", ge=1)
     grad_accum: int = field(1, "micro-steps per optimizer step", ge=1)
     total_steps: int = field(1000, "optimizer steps", ge=1)
@@ -56,6 +59,8 @@ class RuntimeConfig:
             raise ConfigError(f"runtime.zero_stage must be 0-3, got {self.zero_stage}")
         if self.offload and self.zero_stage == 0:
             raise ConfigError("runtime.offload needs ZeRO stage >= 1")
+        if self.autocast != "off" and self.precision in ("bf16", "fp16"):
+            raise ConfigError("runtime.autocast works on fp32 weights: use it with precision fp32 (or auto on CPU)")
         if self.compile and self.zero_stage == 3:  # its gather/release hooks on every submodule break the compiled graph
             raise ConfigError("runtime.compile works with ZeRO stages 0-2, not 3")
         _finite("runtime", "ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)

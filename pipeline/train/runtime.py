@@ -133,6 +133,24 @@ def deepspeed_config(cfg: RuntimeConfig, optim: OptimConfig, world: int, device:
     return ds
 
 
+def bf16_supported(device: str) -> bool:
+    """bf16 compute the hardware has: a GPU's, or a CPU's AVX512-BF16/AMX as oneDNN sees it."""
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def autocast_context(cfg: RuntimeConfig, device: str):
+    """The span each forward runs in: torch.autocast(bf16) when asked for and the hardware has it."""
+    if cfg.autocast == "off":
+        return contextlib.nullcontext()
+    if resolve_precision(cfg.precision, device) != "fp32":
+        raise RuntimeError("runtime.autocast needs fp32 weights (runtime.precision fp32)")
+    if not bf16_supported(device):
+        raise RuntimeError(f"runtime.autocast bf16: this {device} has no bf16 compute (no AVX512-BF16 or AMX); use autocast off")
+    return torch.autocast(device, dtype=torch.bfloat16)
+
+
 def resolve_precision(precision: str, device: str) -> str:
     if precision != "auto":
         return precision
@@ -356,6 +374,7 @@ def _train_steps(spec: TrainSpec, engine, dtype, ema, stream, start: int, rank: 
 
     cfg, task = spec.runtime, spec.task
     acc = MetricAccumulator(engine.device)
+    autocast = autocast_context(cfg, next(engine.module.parameters()).device.type)
     fault = cfg.fault()
     media_every = cfg.media_every or cfg.total_steps
     host: dict[str, float] = {"data_wait_s": 0.0}
@@ -377,7 +396,8 @@ def _train_steps(spec: TrainSpec, engine, dtype, ema, stream, start: int, rank: 
                 raise RuntimeError(f"rank {rank}: data stream at {got}, training at {(step, micro)}")
             batch = {k: _tensor(v).to(engine.device, dtype if v.dtype.kind == "f" else None) for k, v in batch.items()}
             _seed(cfg, step * cfg.grad_accum + micro, rank)
-            loss, metrics = task.run_step(engine, batch, log_now)
+            with autocast:
+                loss, metrics = task.run_step(engine, batch, log_now)
             if fault and fault[0] == "nan" and done == fault[1] and rank == 0:
                 loss = loss * float("nan")
             acc.watch_loss(loss, done)

@@ -110,14 +110,18 @@ def _untrained_eval_loss(task) -> float:
 # The tiny top level (hop 128 through two blocks of width 16) sits on the "output ~ silence" plateau
 # for its first few dozen steps (measured: eval loss 2.95 untrained, 3.00 after 12 steps, 2.81 after
 # 36): its test checks everything but learning, which bench/bench_vqvae_learning.py measures for real.
-@pytest.mark.parametrize("level,stage,learns", [("middle", 3, True), ("top", 2, False)])
-def test_a_level_trains_registers_and_logs(shards, mlflow_db, tmp_path, level, stage, learns):
+# The middle level learns under bf16 autocast (fp32 weights) where the CPU has bf16 compute.
+@pytest.mark.parametrize("level,stage,learns,autocast", [("middle", 3, True, "bf16"), ("top", 2, False, "off")])
+def test_a_level_trains_registers_and_logs(shards, mlflow_db, tmp_path, level, stage, learns, autocast):
     import mlflow
 
     from pipeline.data.audio_windows import WindowSampler
+    from pipeline.train.runtime import bf16_supported
     from pipeline.train.vqvae_task import VQVAETask, estimate_loss_scales
 
-    cfg = _config(shards, mlflow_db, tmp_path, level=level, zero_stage=stage, total_steps=12, every=6, log_every=3, media_every=6)
+    autocast = autocast if bf16_supported("cpu") else "off"
+    cfg = _config(shards, mlflow_db, tmp_path, level=level, zero_stage=stage, total_steps=12, every=6, log_every=3, media_every=6,
+                  autocast=autocast)
     summary = train_vqvae(cfg)
     client = mlflow.MlflowClient(tracking_uri=mlflow_db)
     mv = client.get_model_version_by_alias(f"jukebox-vqvae-{level}", "current")
@@ -128,6 +132,7 @@ def test_a_level_trains_registers_and_logs(shards, mlflow_db, tmp_path, level, s
     assert {"media/step_0000012/spectrograms.png", "media/step_0000012/0_reconstruction.wav"} <= artifacts
     run = client.get_run(summary["mlflow_run_id"])
     assert run.data.params["runtime.zero_stage"] == str(stage) and run.data.tags["manifest_sha256"]
+    assert run.data.params["runtime.autocast"] == autocast
     # metrics averaged over the 3 steps (and both ranks) of each log interval, sent in batched calls
     assert len(_history(mlflow_db, summary["mlflow_run_id"], "loss")) == 4
     assert len(_history(mlflow_db, summary["mlflow_run_id"], "spectral_convergence_db")) == 4  # a log-step extra

@@ -130,3 +130,19 @@ def test_spectral_loss_is_zero_for_identical_signals_and_grows_with_distortion()
     sc = [float(spectral_convergence_db(x, x + a * torch.randn_like(x))[0]) for a in (0.001, 0.01, 0.1)]
     assert sc == sorted(sc) and sc[0] < -30
     assert float(spectral_convergence_db(x, x)[0]) == pytest.approx(-200.0)
+
+
+def test_codes_are_chosen_in_fp32_under_bf16_autocast():
+    """Autocast would run the distance matmul in bf16 (8 bits of mantissa): codes chosen wrongly."""
+    torch.manual_seed(0)
+    cb = EMACodebook(512, 16)
+    cb.codes.copy_(torch.randn(512, 16))
+    z = torch.randn(2, 16, 300)
+    exact = cb.quantise(z)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(cb.quantise(z)[0], exact)
+    model = VQVAE(TINY["bottom"])
+    x = torch.randn(1, 4096, 1) * 0.1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out["commit_loss"].dtype == torch.float32 and out["recon"].dtype == torch.bfloat16

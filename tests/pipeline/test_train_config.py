@@ -52,6 +52,7 @@ def test_missing_or_too_short_shards_are_config_errors(tmp_path, demo_shards):
     (RuntimeConfig, {"grad_accum": 0}, "grad_accum must be >= 1"),
     (RuntimeConfig, {"cpus_per_worker": 0}, "cpus_per_worker must be a finite number > 0"),
     (RuntimeConfig, {"inject_fault": "boom:3"}, "inject_fault must be"),
+    (RuntimeConfig, {"autocast": "bf16", "precision": "bf16"}, "autocast works on fp32 weights"),
     (OptimConfig, {"lr": "nan"}, "lr must be a finite number > 0"),
     (OptimConfig, {"betas": [0.9]}, "betas must be two numbers"),
     (OptimConfig, {"betas": [0.9, 1.0]}, "optim.betas must be a finite number"),

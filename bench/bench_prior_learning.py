@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -43,7 +42,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.bench_vqvae_learning import real_shards  # noqa: E402
-from bench.common import REALDATA, save, song_ids, song_shards  # noqa: E402
+from bench.common import realdata_work, save, song_ids, song_shards  # noqa: E402
 from pipeline.tables import format_table  # noqa: E402
 
 HOLDOUT = 0.2
@@ -249,10 +248,7 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=3, help="leave-one-out: how many of the three folds to run")
     ap.add_argument("--only-top", action="store_true", help="later spans: the top prior only (reuses --work's VQ-VAEs if there)")
     args = ap.parse_args()
-    if not (REALDATA / "JamendoLyrics.csv").exists():
-        sys.exit(f"the shared real songs are not at {REALDATA}")
-    work = Path(args.work or tempfile.mkdtemp(prefix="prior-learning-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = realdata_work(args.work, "prior-learning-")
     if args.protocol == "leave-one-out":
         folds = leave_one_out(work, args.minutes, args.vqvae_steps, args.batch, args.top_timing == "true", args.folds)
         print(format_table(["unseen song", "steps", "bits/token", "unigram H", "unigram (train)", "bigram (train)", "below H"],

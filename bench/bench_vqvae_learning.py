@@ -23,7 +23,6 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,7 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.common import REALDATA, save  # noqa: E402
+from bench.common import realdata_work, save  # noqa: E402
 from models.losses import spectral_convergence_db  # noqa: E402
 from models.vqvae import VQVAE, VQVAEConfig  # noqa: E402
 from pipeline.tables import format_table  # noqa: E402
@@ -178,10 +177,7 @@ def main() -> None:
     ap.add_argument("--work", default="", help="folder for shards and runs (default: a temporary one)")
     ap.add_argument("--name", default="", help="suffix of the results file")
     args = ap.parse_args()
-    if not (REALDATA / "JamendoLyrics.csv").exists():
-        sys.exit(f"the shared real songs are not at {REALDATA}")
-    work = Path(args.work or tempfile.mkdtemp(prefix="vqvae-learning-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = realdata_work(args.work, "vqvae-learning-")
     target = {"spectral_convergence_db": -16.0, "codes_in_use": 1800}
     if args.protocol == "held-out-span":
         shards = real_shards(work)

@@ -57,3 +57,16 @@ def song_shards(work: Path, name: str, ids: list[str]) -> Path:
                         "--progress", "false", "--align.aligner", "linear", "--mlflow_tracking_uri", f"sqlite:///{work / 'pre.db'}"],
                        check=True, cwd=ROOT, capture_output=True)
     return out
+
+
+def realdata_work(folder: str, prefix: str) -> Path:
+    """The work folder of a benchmark on the shared real songs (a temporary one by default); exits
+    when the songs are not there."""
+    import sys
+    import tempfile
+
+    if not (REALDATA / "JamendoLyrics.csv").exists():
+        sys.exit(f"the shared real songs are not at {REALDATA}")
+    work = Path(folder or tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    return work

@@ -5,7 +5,8 @@
     ray job submit --working-dir . -- python jobs/preprocess.py --input ... --output ...
 
 Runs an embedded local Ray unless --ray_address or $RAY_ADDRESS names a cluster; logs to
-MLflow at $MLFLOW_TRACKING_URI or a sqlite store in the runs folder ($JUKEBOX_RUNS_DIR, else ./runs, else ~/.local/share/jukebox/runs under ray job submit).
+MLflow at $MLFLOW_TRACKING_URI or a sqlite store in the runs folder
+($JUKEBOX_RUNS_DIR, else ./runs, else ~/.local/share/jukebox/runs under ray job submit).
 """
 
 from __future__ import annotations

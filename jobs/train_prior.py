@@ -12,7 +12,8 @@ upsamplers also the upper level's): their cards are checked against the prior be
 worker starts. The corpus is encoded once per VQ-VAE version into a code cache
 (<shards>/codes/<vqvae>-v<N>/, reused by later runs, resumed when killed). Runs an embedded
 local Ray unless --ray_address or $RAY_ADDRESS names a cluster; logs to MLflow at
-$MLFLOW_TRACKING_URI or a sqlite store in the runs folder ($JUKEBOX_RUNS_DIR, else ./runs, else ~/.local/share/jukebox/runs under ray job submit); registers jukebox-prior-<level> with the
+$MLFLOW_TRACKING_URI or a sqlite store in the runs folder
+($JUKEBOX_RUNS_DIR, else ./runs, else ~/.local/share/jukebox/runs under ray job submit); registers jukebox-prior-<level> with the
 alias 'current' and lineage tags (VQ-VAE versions, code caches, vocabulary version).
 Sections: --model.*, --runtime.*, --optim.*, --checkpoint.* as in jobs/train_vqvae.py.
 """

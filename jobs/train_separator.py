@@ -4,7 +4,8 @@
     python jobs/preprocess.py --input corpus.csv --output shards --separate.model models:/jukebox-separator@current
 
 Needs the Spleeter environment (./dev.sh spleeter-env). Logs to MLflow at
-$MLFLOW_TRACKING_URI or a sqlite store in the runs folder ($JUKEBOX_RUNS_DIR, else ./runs, else ~/.local/share/jukebox/runs under ray job submit), and registers the model as
+$MLFLOW_TRACKING_URI or a sqlite store in the runs folder
+($JUKEBOX_RUNS_DIR, else ./runs, else ~/.local/share/jukebox/runs under ray job submit), and registers the model as
 jukebox-separator with the alias 'current' (see --register, --alias).
 """
 

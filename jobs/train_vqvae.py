@@ -7,7 +7,8 @@
     ray job submit --working-dir . -- python jobs/train_vqvae.py --level bottom --shards /shared/shards
 
 Runs an embedded local Ray unless --ray_address or $RAY_ADDRESS names a cluster; logs to
-MLflow at $MLFLOW_TRACKING_URI or a sqlite store in the runs folder ($JUKEBOX_RUNS_DIR, else ./runs, else ~/.local/share/jukebox/runs under ray job submit), and registers the model as
+MLflow at $MLFLOW_TRACKING_URI or a sqlite store in the runs folder
+($JUKEBOX_RUNS_DIR, else ./runs, else ~/.local/share/jukebox/runs under ray job submit), and registers the model as
 jukebox-vqvae-<level> with the alias 'current' (see --register, --alias). Re-running with
 the same --checkpoint.run_name resumes that run from its last checkpoint (the one Ray
 restores; the data stream starts at its step). Sections: --runtime.* (workers, ZeRO,

@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+DISTANCE_BLOCK = 512  # rows of the distance matrix computed at a time
+
 
 def _all_reduce(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
@@ -53,10 +55,15 @@ class EMACodebook(nn.Module):
         flat = z.transpose(1, 2).reshape(-1, self.width).float()
         codes = self.codes.float()  # distances in fp32 even when the engine runs the module in bf16/fp16
         # |x|^2 is the same for every code of a row, so the argmin needs only |c|^2 - 2 x.c (one fused addmm);
-        # not under autocast, which would make it bf16: 8 bits of mantissa pick wrong codes (and bf16 argmin is 4x slower)
+        # not under autocast, which would make it bf16: 8 bits of mantissa pick wrong codes (and bf16 argmin is 4x slower).
+        # In blocks of rows: the whole (tokens x codes) matrix is 134 MB per bottom-level batch and goes through
+        # memory twice; 512-row blocks (4 MB) stay in cache: 40 ms instead of 93 (2 threads, measured).
+        norms = codes.pow(2).sum(1)[None, :]
+        best = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
         with torch.autocast(z.device.type, enabled=False):
-            dist = torch.addmm(codes.pow(2).sum(1)[None, :], flat, codes.t(), alpha=-2)
-        return dist.argmin(1).view(z.shape[0], z.shape[2]), flat
+            for i in range(0, flat.shape[0], DISTANCE_BLOCK):
+                best[i:i + DISTANCE_BLOCK] = torch.addmm(norms, flat[i:i + DISTANCE_BLOCK], codes.t(), alpha=-2).argmin(1)
+        return best.view(z.shape[0], z.shape[2]), flat
 
     def embed(self, codes: torch.Tensor) -> torch.Tensor:
         return self.codes[codes].transpose(1, 2)  # (batch, width, frames)

@@ -25,10 +25,15 @@ class LyricsError(ValueError):
     """Lyrics that cannot be a song's: the message is the quarantine reason."""
 
 
+def is_lyrics_file(ref: str) -> bool:
+    """A manifest's lyrics value names a file (one line ending in .txt/.lrc), not the text itself."""
+    return ref.lower().endswith(LYRICS_FILE_EXTENSIONS) and "\n" not in ref
+
+
 def read_lyrics(ref: str) -> str:
     """Lyrics text from a manifest value: a .txt path (a regular file, at most MAX_LYRICS_BYTES),
     or the text itself."""
-    if ref.lower().endswith(LYRICS_FILE_EXTENSIONS) and "\n" not in ref:
+    if is_lyrics_file(ref):
         p = Path(ref)
         if not p.exists():
             raise FileNotFoundError(f"lyrics file not found: {ref}")

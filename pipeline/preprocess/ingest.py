@@ -24,7 +24,13 @@ import pyarrow.parquet as pq
 
 from pipeline.audio import SUPPORTED_EXTENSIONS
 from pipeline.config import ConfigError
-from pipeline.data.lyrics import LYRICS_FILE_EXTENSIONS, MAX_LYRICS_BYTES, normalise_lyrics, read_lyrics  # noqa: F401 (re-exported)
+from pipeline.data.lyrics import (  # noqa: F401 (normalise_lyrics re-exported)
+    LYRICS_FILE_EXTENSIONS,
+    MAX_LYRICS_BYTES,
+    is_lyrics_file,
+    normalise_lyrics,
+    read_lyrics,
+)
 
 SIDECAR_EXTENSIONS = {".json", ".txt", ".lrc", ".csv", ".jsonl", ".parquet", ".md", ".yaml", ".yml"}
 PATH_KEYS, GENRE_KEYS = ("path", "uri", "audio", "file"), ("genre", "genres")
@@ -46,6 +52,12 @@ def base_record(source: str, **meta: Any) -> dict[str, Any]:
         "error": "",
         "error_kind": "",
     }
+
+
+def quarantined_at_ingest(rec: dict[str, Any], error: str) -> dict[str, Any]:
+    """An input refused before anything reads it: for its content, so a rerun skips it while unchanged."""
+    rec.update(status="quarantined", stage="ingest", error=error, error_kind="input")
+    return rec
 
 
 def normalise_text(text: str) -> str:
@@ -136,9 +148,12 @@ def _read_manifest(path: Path) -> list[dict[str, Any]]:
         if row is None:
             continue
         problem = row["__error__"] if isinstance(row, dict) and "__error__" in row else row_problem(row, where.format(n=n))
+        if not problem:
+            out.append(row)
+            continue
         ref = next((row[k] for k in PATH_KEYS if isinstance(row, dict) and isinstance(row.get(k), str) and row[k]), "")
         # the row's audio path names the quarantined input when it is readable text itself
-        out.append({"__error__": problem, "__line__": n, "__path__": "" if _text_problem(ref) else ref} if problem else row)
+        out.append({"__error__": problem, "__line__": n, "__path__": "" if _text_problem(ref) else ref})
     return out
 
 
@@ -159,12 +174,12 @@ def outside(ref: str, root: Path | None) -> bool:
 def confine(records: list[dict[str, Any]], root: Path | None) -> list[dict[str, Any]]:
     """Quarantine the inputs whose audio or lyrics file is outside the corpus root."""
     for rec in records:
-        lyrics = rec["lyrics_ref"]
-        lyrics_file = lyrics if lyrics.lower().endswith(LYRICS_FILE_EXTENSIONS) and "\n" not in lyrics else ""
-        if rec["status"] == "ok" and (outside(rec["source"], root) or outside(lyrics_file, root)):
-            which = "audio" if outside(rec["source"], root) else "lyrics"
-            rec.update(status="quarantined", stage="ingest", error_kind="input",
-                       error=f"{which} path is outside the corpus root {root} (--ingest.corpus_root)")
+        if rec["status"] != "ok":
+            continue
+        lyrics_file = rec["lyrics_ref"] if is_lyrics_file(rec["lyrics_ref"]) else ""
+        which = "audio" if outside(rec["source"], root) else "lyrics" if outside(lyrics_file, root) else ""
+        if which:
+            quarantined_at_ingest(rec, f"{which} path is outside the corpus root {root} (--ingest.corpus_root)")
     return records
 
 
@@ -194,9 +209,7 @@ def _list_inputs(input_path: str | Path, max_genre_words: int) -> list[dict[str,
                 problem = meta.get("__error__") if isinstance(meta, dict) else None
                 problem = problem or row_problem(meta, f"sidecar {sidecar.name}")
                 if problem:
-                    rec = base_record(str(f))
-                    rec.update(status="quarantined", stage="ingest", error=problem, error_kind="input")
-                    records.append(rec)
+                    records.append(quarantined_at_ingest(base_record(str(f)), problem))
                     continue
             lyrics = meta.get("lyrics")
             if lyrics is None and f.with_suffix(".txt").exists():
@@ -215,9 +228,7 @@ def _list_inputs(input_path: str | Path, max_genre_words: int) -> list[dict[str,
         if "__error__" in row or not ref:
             where = row.get("__path__")
             rec = base_record(_resolve(where, path.parent) if where else f"{path}#row={row.get('__line__', n)}")
-            rec.update(status="quarantined", stage="ingest", error=row.get("__error__", "manifest row has no audio path"),
-                       error_kind="input")
-            records.append(rec)
+            records.append(quarantined_at_ingest(rec, row.get("__error__", "manifest row has no audio path")))
             continue
         lyrics = row.get("lyrics") or ""
         if isinstance(lyrics, str) and lyrics.strip().lower().endswith(LYRICS_FILE_EXTENSIONS) and "\n" not in lyrics:

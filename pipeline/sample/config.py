@@ -32,8 +32,8 @@ class ModelsConfig:
 
 @dataclass
 class SampleConfig:
-    out: str = field("", "output folder; rerunning the same command into it resumes (default: samples/sample in the runs "
-                         "folder: $JUKEBOX_RUNS_DIR, else ./runs, else ~/.local/share/jukebox/runs under ray job submit)")
+    out: str = field("", "output folder; rerunning the same command into it resumes (default: samples/sample in "
+                         + RUNS_HELP + ")")
     models: ModelsConfig = dataclasses.field(default_factory=ModelsConfig)
     levels: str = field("top,middle,bottom", "levels to sample, from the top (top; top,middle; or all three)")
     top_codes: str = field("", "upsample-only: top-level codes saved by an earlier run (its codes/top.npy)")

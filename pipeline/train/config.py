@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pipeline.config import ConfigError, field
+from pipeline.services import RUNS_HELP
 
 
 def _finite(section: str, name: str, value: float, low: float | None = None, high: float | None = None,
@@ -121,8 +122,7 @@ class CheckpointConfig:
     keep_last: int = field(2, "checkpoints kept, newest first (milestones aside)", ge=1)
     milestone_every: int = field(0, "also keep every checkpoint at a multiple of this many steps (0 = none)")
     storage: str = field("", "where Ray Train keeps runs: a path (made absolute) or a URI Ray supports (file://, s3://, gs://); "
-                             "default: train/ in the runs folder ($JUKEBOX_RUNS_DIR, else ./runs, else "
-                             "~/.local/share/jukebox/runs under ray job submit, whose working dir is deleted with the job)")
+                             "default: train/ in " + RUNS_HELP + ", whose working dir is deleted with the job")
     run_name: str = field("", "Ray Train run name; reusing one resumes it (default: <task>-<level>-<time>-<pid>)")
 
     def validate(self) -> None:

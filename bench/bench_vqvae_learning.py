@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.common import realdata_work, save  # noqa: E402
+from bench.common import apply_sets, realdata_work, save  # noqa: E402
 from models.losses import spectral_convergence_db  # noqa: E402
 from models.vqvae import VQVAE, VQVAEConfig  # noqa: E402
 from pipeline.tables import format_table  # noqa: E402
@@ -105,15 +105,6 @@ def evaluate(state: dict, cfg: VQVAEConfig, shards: Path, holdout: float, crops:
             "spectral_convergence_db_per_crop": [round(v, 2) for v in sc], "codes_in_use": len(codes)}
 
 
-def _set(data: dict, dotted: str, value: str) -> None:
-    import yaml
-
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-        data = data.setdefault(p, {})
-    data[leaf] = yaml.safe_load(value)
-
-
 def train_and_measure(args, shards: Path, eval_shards: Path, holdout: float, span: tuple[float, float], work: Path,
                       run_name: str = "") -> dict:
     """One run of the real job on ``shards``, measured on crops of ``eval_shards`` within ``span``."""
@@ -132,9 +123,7 @@ def train_and_measure(args, shards: Path, eval_shards: Path, holdout: float, spa
                     "total_steps": args.steps, "log_every": 10, "media_every": max(1, args.steps // 3)},
         "optim": {"lr": args.lr, "warmup_steps": args.warmup},
         "checkpoint": {"every": args.steps, "storage": str(work / "runs"), "run_name": run_name}}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        _set(data, key, value)
+    apply_sets(data, args.set)
     cfg = from_dict(TrainVQVAEConfig, data)
     started = time.time()
     summary = train_vqvae(cfg)

@@ -70,3 +70,17 @@ def realdata_work(folder: str, prefix: str) -> Path:
     work = Path(folder or tempfile.mkdtemp(prefix=prefix))
     work.mkdir(parents=True, exist_ok=True)
     return work
+
+
+def apply_sets(data: dict, items: list[str]) -> dict:
+    """``--set KEY=VALUE`` flags into a job's config dict: dotted keys, YAML values (``model.width=64``)."""
+    import yaml
+
+    for item in items:
+        dotted, _, value = item.partition("=")
+        *parents, leaf = dotted.split(".")
+        node = data
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return data

@@ -36,6 +36,7 @@ class PriorConfig:
     upsampler: UpsamplerConfig | None = None
     tie_output: bool = False  # output layer shares the token embedding's weights (the upsamplers)
     cond_dropout: float = 0.0  # probability of training an example with unknown artist and genre
+    emb_dropout: float = 0.0  # dropout on the input (token + position + conditioning) embeddings: the original's emb_dropout
 
     @property
     def n_ctx(self) -> int:
@@ -43,6 +44,8 @@ class PriorConfig:
 
     def validate(self) -> None:
         self.transformer.validate()
+        if not 0.0 <= self.emb_dropout < 1.0:
+            raise ValueError(f"emb_dropout {self.emb_dropout} is outside [0, 1)")
         if self.lyrics is not None and not self.transformer.cross_layers:
             raise ValueError("a prior with lyrics needs encoder-decoder layers (transformer.cross_layers)")
         if self.transformer.cross_layers and self.lyrics is None:
@@ -67,6 +70,7 @@ class Prior(nn.Module):
         self.upsampler = UpsamplerConditioner(cfg.upsampler, width) if cfg.upsampler is not None else None
         self.transformer = Transformer(cfg.transformer)
         self.out = nn.Linear(width, cfg.bins, bias=False)
+        self.emb_drop = nn.Dropout(cfg.emb_dropout) if cfg.emb_dropout else nn.Identity()
         nn.init.normal_(self.embed.weight, std=0.02)
         if cfg.tie_output:
             self.out.weight = self.embed.weight
@@ -92,7 +96,7 @@ class Prior(nn.Module):
         codes = batch["codes"]
         start, positions, memory, lyrics_logits = self.conditioning(batch, codes.shape[1])
         x = torch.cat([start.to(positions.dtype), self.embed(codes[:, :-1])], dim=1) + positions
-        out = {"logits": self.out(self.transformer(x, memory))}
+        out = {"logits": self.out(self.transformer(self.emb_drop(x), memory))}
         if lyrics_logits is not None:
             out["lyrics_logits"] = lyrics_logits
         return out

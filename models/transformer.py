@@ -42,6 +42,8 @@ class TransformerConfig:
     factorized: bool = True  # False: dense causal attention in every layer
     cross_layers: tuple[int, ...] = ()  # layers that attend to the encoder memory instead of themselves
     checkpoint_activations: bool = False
+    resid_dropout: float = 0.0  # dropout on each attention and MLP output before it joins the residual stream
+    # (the original's resid_dropout; 0 in the paper's runs, which had a corpus: a few songs overfit without it)
 
     @property
     def attn_width(self) -> int:
@@ -57,6 +59,8 @@ class TransformerConfig:
             raise ValueError(f"attention width {self.attn_width} is not divisible by {self.heads} heads")
         if self.factorized and self.n_ctx % self.block_len:
             raise ValueError(f"context {self.n_ctx} is not a whole number of blocks of {self.block_len}")
+        if not 0.0 <= self.resid_dropout < 1.0:
+            raise ValueError(f"resid_dropout {self.resid_dropout} is outside [0, 1)")
         if any(not 0 <= i < self.depth for i in self.cross_layers):
             raise ValueError(f"cross layers {self.cross_layers} outside 0..{self.depth - 1}")
 
@@ -180,10 +184,11 @@ class Block(nn.Module):
         self.ln_attn, self.attn = nn.LayerNorm(cfg.width), Attention(cfg, kind)
         self.ln_mlp = nn.LayerNorm(cfg.width)
         self.mlp = nn.Sequential(nn.Linear(cfg.width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, cfg.width))
+        self.drop = nn.Dropout(cfg.resid_dropout) if cfg.resid_dropout else nn.Identity()
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_attn(x), memory)
-        return x + self.mlp(self.ln_mlp(x))
+        x = x + self.drop(self.attn(self.ln_attn(x), memory))
+        return x + self.drop(self.mlp(self.ln_mlp(x)))
 
     def step(self, x: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out, k, v = self.attn.step(self.ln_attn(x), pos, keys, values)

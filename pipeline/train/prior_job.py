@@ -41,6 +41,8 @@ class PriorOverrides:
     n_artists: int | None = field(None, "rows of the artist table (>= the vocabulary's artists)")
     n_genres: int | None = field(None, "rows of the genre-word table (>= the vocabulary's genre words)")
     cond_dropout: float | None = field(None, "probability of training an example with unknown artist/genre (for guidance)", le=1)
+    emb_dropout: float | None = field(None, "dropout on the input embeddings (0 in the paper; a few songs overfit without it)", lt=1)
+    resid_dropout: float | None = field(None, "dropout on every attention and MLP output (0 in the paper)", lt=1)
     checkpoint_activations: bool | None = field(None, "recompute each layer in backward (on in the paper presets)")
     conditioner: bool | None = field(None, "upsamplers: false trains without the upper level's codes (a baseline)")
     timing: bool | None = field(None, "top prior: the timing embeddings (total length, time, fraction elapsed); false drops them")
@@ -82,12 +84,14 @@ class TrainPriorConfig:
             base = dataclasses.replace(base, lyrics=None, transformer=dataclasses.replace(base.transformer, cross_layers=()))
         o = self.model
         tr = {k: v for k, v in dict(width=o.width, depth=o.depth, heads=o.heads, n_ctx=o.n_ctx, block_len=o.block_len,
-                                    checkpoint_activations=o.checkpoint_activations).items() if v is not None}
+                                    checkpoint_activations=o.checkpoint_activations,
+                                    resid_dropout=o.resid_dropout).items() if v is not None}
         transformer = dataclasses.replace(base.transformer, **tr)
         if base.lyrics is not None and transformer.depth != base.transformer.depth:  # cross layers: the same places from the end
             transformer.cross_layers = tuple(i - base.transformer.depth + transformer.depth for i in base.transformer.cross_layers
                                              if i - base.transformer.depth + transformer.depth >= 0) or (transformer.depth - 1,)
-        top = {k: v for k, v in dict(n_artists=o.n_artists, n_genres=o.n_genres, cond_dropout=o.cond_dropout).items() if v is not None}
+        top = {k: v for k, v in dict(n_artists=o.n_artists, n_genres=o.n_genres, cond_dropout=o.cond_dropout,
+                                emb_dropout=o.emb_dropout).items() if v is not None}
         if o.conditioner is False:
             top["upsampler"] = None
         if o.timing is not None:

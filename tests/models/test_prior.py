@@ -100,3 +100,30 @@ def test_conditioning_dropout_only_in_training():
     torch.testing.assert_close(model.labels(batch["artist"], batch["genres"]), unknown)
     model.eval()
     assert not torch.allclose(model.labels(batch["artist"], batch["genres"]), unknown)
+
+
+def test_dropout_acts_in_training_only_and_sampling_still_matches_the_forward():
+    torch.manual_seed(0)
+    cfg = _small("top")
+    cfg.emb_dropout, cfg.transformer.resid_dropout = 0.3, 0.2
+    model = Prior(cfg)
+    batch = _batch(cfg)
+    with torch.no_grad():
+        assert not torch.allclose(model(batch)["logits"], model(batch)["logits"])  # a fresh mask each pass
+        model.eval()
+        full = model(batch)["logits"]
+        torch.testing.assert_close(model(batch)["logits"], full)
+        state = model.start_sampling(batch)
+        steps = [model.step(state, batch["codes"][:, t - 1] if t else None, t) for t in range(cfg.n_ctx)]
+    torch.testing.assert_close(torch.stack(steps, 1), full, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("where", ["emb", "resid"])
+def test_dropout_of_one_or_more_is_refused(where):
+    cfg = _small("top")
+    if where == "emb":
+        cfg.emb_dropout = 1.0
+    else:
+        cfg.transformer.resid_dropout = 1.0
+    with pytest.raises(ValueError, match=f"{where}_dropout 1.0 is outside"):
+        Prior(cfg)

@@ -163,3 +163,15 @@ def test_prior_overrides_drop_the_conditioner_or_the_timing():
     middle = TrainPriorConfig(level="middle", preset="tiny", model=PriorOverrides(conditioner=False)).model_config()
     assert middle.upsampler is None
     assert TrainPriorConfig(level="top", preset="tiny").model_config().timing is True
+
+
+def test_prior_dropout_overrides_reach_the_model_and_are_bounded(tmp_path):
+    from pipeline.train.prior_job import TrainPriorConfig
+
+    (tmp_path / "songs").mkdir()
+    base = {"preset": "tiny", "shards": str(tmp_path)}
+    model = from_dict(TrainPriorConfig, {**base, "model": {"emb_dropout": 0.3, "resid_dropout": 0.1}}).model_config()
+    assert model.emb_dropout == 0.3 and model.transformer.resid_dropout == 0.1
+    assert TrainPriorConfig(preset="paper").model_config().transformer.resid_dropout == 0.0  # the paper's runs: none
+    with pytest.raises(ConfigError, match="resid_dropout"):
+        from_dict(TrainPriorConfig, {**base, "model": {"resid_dropout": 1.0}})

@@ -47,9 +47,12 @@ def batch_of(cfg: PriorConfig, batch: int, seed: int) -> dict[str, torch.Tensor]
             "genres": torch.zeros(batch, 1, dtype=torch.long)}
 
 
-def time_training(cfg: PriorConfig, steps: int, batch: int, compiled: bool) -> dict:
+def time_training(cfg: PriorConfig, steps: int, batch: int, compiled: bool, bf16: bool = False) -> dict:
     """As the runtime trains: fused AdamW, and with ``compiled`` the forward through torch.compile
-    (``--runtime.compile``; the loss and the optimizer stay eager)."""
+    (``--runtime.compile``; the loss and the optimizer stay eager); with ``bf16`` the forward under
+    bf16 autocast (``--runtime.autocast bf16``: fp32 weights and optimizer, not the issue's fp32 step)."""
+    import contextlib
+
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.manual_seed(0)
@@ -59,7 +62,9 @@ def time_training(cfg: PriorConfig, steps: int, batch: int, compiled: bool) -> d
         model.compile()
 
     def step(data):
-        loss, _ = model.loss_from(model(data), data)
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            out = model(data)
+        loss, _ = model.loss_from(out, data)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -80,7 +85,8 @@ def time_training(cfg: PriorConfig, steps: int, batch: int, compiled: bool) -> d
     with FlopCounterMode(display=False) as counter:
         loss, _ = Prior(cfg).loss(data[0])  # eager: the counter sees aten ops
         loss.backward()
-    return {"compiled": compiled, "first_two_steps_s": warm, "step_s": statistics.median(times), "step_s_min": min(times),
+    return {"compiled": compiled, "bf16_autocast": bf16, "first_two_steps_s": warm,
+            "step_s": statistics.median(times), "step_s_min": min(times),
             "steps_s": times, "cpu_s": statistics.median(cpu),
             "flops_per_step": counter.get_total_flops(), "params": sum(p.numel() for p in model.parameters())}
 
@@ -96,6 +102,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--bf16", action="store_true", help="also time the compiled step under bf16 autocast (where the CPU has it)")
     ap.add_argument("--peer", default="", help="git directory of openai/jukebox: time the original in the same sitting")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -111,12 +118,21 @@ def main() -> None:
     rows = [["ours, eager: train step", f"{eager['step_s']:.3f} s", f"{eager['flops_per_step'] / 1e9:.1f}", f"{mfu_eager:.1%}"],
             [f"ours, compiled: train step (compile {train['first_two_steps_s']:.0f} s once)", f"{train['step_s']:.3f} s",
              f"{train['flops_per_step'] / 1e9:.1f}", f"{mfu:.1%}"]]
+    if args.bf16:
+        from pipeline.train.runtime import bf16_supported
+
+        if not bf16_supported("cpu"):
+            raise SystemExit("--bf16: this CPU has no bf16 compute (no AVX512-BF16 or AMX)")
+        result["train_bf16"] = bf16 = time_training(cfg, args.steps, args.batch, compiled=True, bf16=True)
+        rows.append(["ours, compiled + bf16 autocast (not fp32)", f"{bf16['step_s']:.3f} s", f"{bf16['flops_per_step'] / 1e9:.1f}", ""])
     if args.peer:
         peer = run_peer(args.peer)
         result["peer"] = peer
         b = peer["summary"]["b_prior_top_factorized_train"]
         peer_step = b["median_s"]
         result["ratios"] = {"train_step_speedup": peer_step / train["step_s"], "train_step_speedup_eager": peer_step / eager["step_s"]}
+        if "train_bf16" in result:
+            result["ratios"]["train_step_speedup_bf16_autocast"] = peer_step / result["train_bf16"]["step_s"]
         rows += [["original 2020: train step", f"{peer_step:.3f} s", f"{b['gflop_counted']:.1f}", f"{b.get('mfu_median') or 0:.1%}"],
                  ["speed-up (compiled / eager)",
                   f"{result['ratios']['train_step_speedup']:.2f}x / {result['ratios']['train_step_speedup_eager']:.2f}x", "", ""]]

@@ -11,6 +11,11 @@ inference (``pipeline.stages.encode_codes``); this module only reads and writes.
 
 A row carries what a training window needs: song id, level, the codes (int16), total
 length in samples, artist and genre ids of the vocabulary version, and the vocabulary version.
+
+A cache built with pitch shifts (``EncodeSettings.pitch_shifts``, augmentation for a small
+corpus) also holds each song pitch-shifted by those semitones, as rows of their own keyed
+``<song id>#pitch<shift>`` (``variant_key``). Such a cache is another folder
+(``-pitch<shifts>``); training windows read every variant, held-out windows only the songs.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 CODES, CACHE_FILE, STAGING = "codes", "cache.json", "_staging"
+VARIANT_SEP = "#"
 
 CODES_SCHEMA = pa.schema([
     ("song_id", pa.string()), ("level", pa.string()), ("hop_length", pa.int32()), ("codes", pa.list_(pa.int16())),
@@ -36,10 +42,24 @@ CODES_SCHEMA = pa.schema([
 ])
 
 
-def cache_folder(root: str | Path, vqvae_name: str, vqvae_version: str, vqvae_run_id: str = "") -> Path:
+def cache_folder(root: str | Path, vqvae_name: str, vqvae_version: str, vqvae_run_id: str = "",
+                 pitch_shifts: tuple[float, ...] = ()) -> Path:
     """``root``: where a corpus's caches live (default ``<shards>/codes``). The MLflow run that made
-    the version is in the name too: another tracking store's "version 1" is another model."""
-    return Path(root) / (f"{vqvae_name}-v{vqvae_version}" + (f"-{vqvae_run_id[:8]}" if vqvae_run_id else ""))
+    the version is in the name too: another tracking store's "version 1" is another model; so are
+    the pitch shifts, when there are any."""
+    name = f"{vqvae_name}-v{vqvae_version}" + (f"-{vqvae_run_id[:8]}" if vqvae_run_id else "")
+    return Path(root) / (name + ("-pitch" + "_".join(f"{s:+g}" for s in pitch_shifts) if pitch_shifts else ""))
+
+
+def variant_key(song_id: str, pitch_shift: float) -> str:
+    """The cache key of a song pitch-shifted by ``pitch_shift`` semitones (0: the song itself)."""
+    return f"{song_id}{VARIANT_SEP}pitch{pitch_shift:+g}" if pitch_shift else song_id
+
+
+def split_key(key: str) -> tuple[str, float]:
+    """(song id, pitch shift in semitones) of a cache key."""
+    song_id, sep, variant = key.partition(VARIANT_SEP)
+    return song_id, float(variant.removeprefix("pitch")) if sep else 0.0
 
 
 def cache_id(folder: Path) -> str:

@@ -28,6 +28,7 @@ class EncodeSettings:
     actors: int = 1
     gpus: float = 0.0  # per actor (> 0: encode on a GPU)
     cpus: float = 1.0
+    pitch_shifts: tuple[float, ...] = ()  # semitones: each song also encoded shifted by each (augmentation)
 
 
 class EncodeSongs:
@@ -41,20 +42,37 @@ class EncodeSongs:
 
         torch.set_num_threads(max(1, int(settings.cpus)))
         self.device = torch.device("cuda" if settings.gpus > 0 and torch.cuda.is_available() else "cpu")
-        model, _ = load_model(vqvae_uri, tracking_uri)
+        model, registered = load_model(vqvae_uri, tracking_uri)
         self.model, self.hop = model.to(self.device), model.hop_length
+        self.sample_rate = int(registered.card["sample_rate"])  # the shards are written at this rate
         self.reader, self.settings = ShardReader(shards), settings
 
-    def encode_song(self, song_id: str) -> np.ndarray:
+    def encode_song(self, key: str) -> np.ndarray:
+        """The codes of a cache key: a song, or a song pitch-shifted (``code_cache.variant_key``)."""
         from pipeline.codec import encode_audio
 
+        song_id, shift = code_cache.split_key(key)
         n = int(self.reader.songs[song_id]["num_samples"])
         read = lambda lo, hi: self.reader.read_window(song_id, lo, hi - lo).mean(axis=1, keepdims=True)  # noqa: E731 (mono)
+        if shift:
+            shifted = pitch_shifted(read(0, n)[:, 0], self.sample_rate, shift)[:, None]
+            read = lambda lo, hi: shifted[lo:hi]  # noqa: E731
         return encode_audio(self.model, read, n, self.settings.chunk_samples, self.settings.context_samples, self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         codes = [self.encode_song(str(s)) for s in batch["song_id"]]
         return {"song_id": batch["song_id"], "codes": np.array(codes, dtype=object)}
+
+
+def pitch_shifted(audio: np.ndarray, sample_rate: int, semitones: float) -> np.ndarray:
+    """A mono song shifted in pitch, same length and tempo (librosa's phase vocoder, then soxr).
+    The whole song at once: a phase vocoder run in chunks would leave seams; a 10-minute song
+    at 44.1 kHz is ~100 MB of float32 while it is shifted."""
+    import librosa
+
+    out = librosa.effects.pitch_shift(np.ascontiguousarray(audio, dtype=np.float32), sr=sample_rate, n_steps=semitones,
+                                      res_type="soxr_hq")
+    return np.clip(out, -1.0, 1.0)[:len(audio)]
 
 
 def get_or_build(shards: str | Path, vqvae, tracking_uri: str, settings: EncodeSettings | None = None,
@@ -65,7 +83,8 @@ def get_or_build(shards: str | Path, vqvae, tracking_uri: str, settings: EncodeS
 
     settings = settings or EncodeSettings()
     shards = Path(shards)
-    folder = code_cache.cache_folder(root or shards / code_cache.CODES, vqvae.name, vqvae.version, vqvae.run_id)
+    folder = code_cache.cache_folder(root or shards / code_cache.CODES, vqvae.name, vqvae.version, vqvae.run_id,
+                                     settings.pitch_shifts)
     meta = code_cache.read_meta(folder)
     if meta is not None:
         return folder, {"code_cache": code_cache.cache_id(folder), "reused": True, "songs": meta["songs"]}
@@ -73,16 +92,18 @@ def get_or_build(shards: str | Path, vqvae, tracking_uri: str, settings: EncodeS
     table = read_table(shards, SONGS, ["song_id", "num_samples", "sample_rate", "artist", "genres"])
     songs = {r["song_id"]: r for r in (table.to_pylist() if table is not None else [])}
     hop = int(vqvae.card["hop_length"])
-    todo = sorted(s for s in set(songs) - code_cache.encoded_songs(folder) if songs[s]["num_samples"] >= hop)
-    started, audio_s = time.time(), sum(songs[s]["num_samples"] / songs[s]["sample_rate"] for s in todo)
+    keys = {code_cache.variant_key(s, shift): s for s in songs if songs[s]["num_samples"] >= hop
+            for shift in (0.0, *settings.pitch_shifts)}
+    todo = sorted(set(keys) - code_cache.encoded_songs(folder))
+    started, audio_s = time.time(), sum(songs[keys[k]]["num_samples"] / songs[keys[k]]["sample_rate"] for k in todo)
     if todo:
-        ds = ray.data.from_items([{"song_id": s} for s in todo], override_num_blocks=len(todo)).map_batches(
+        ds = ray.data.from_items([{"song_id": k} for k in todo], override_num_blocks=len(todo)).map_batches(
             EncodeSongs, fn_constructor_kwargs=dict(vqvae_uri=f"models:/{vqvae.name}/{vqvae.version}", tracking_uri=tracking_uri,
                                                     shards=str(shards), settings=settings),
             batch_size=1, compute=ray.data.ActorPoolStrategy(size=settings.actors), num_cpus=settings.cpus,
             num_gpus=settings.gpus or None)
         for row in ds.iter_rows():
-            song = songs[row["song_id"]]
+            song = songs[keys[row["song_id"]]]
             code_cache.write_song(folder, {
                 "song_id": row["song_id"], "level": vqvae.card["level"], "hop_length": hop, "codes": row["codes"],
                 "num_tokens": len(row["codes"]), "total_length": song["num_samples"], "sample_rate": song["sample_rate"],
@@ -92,7 +113,7 @@ def get_or_build(shards: str | Path, vqvae, tracking_uri: str, settings: EncodeS
     meta = code_cache.complete(folder, {
         "vqvae": f"models:/{vqvae.name}/{vqvae.version}", "vqvae_run_id": vqvae.run_id, "level": vqvae.card["level"],
         "hop_length": hop, "codebook_size": int(vqvae.card["codebook_size"]), "sample_rate": int(vqvae.card["sample_rate"]),
-        "vocab_version": vocab_version, "shards": str(shards.resolve())})
+        "vocab_version": vocab_version, "shards": str(shards.resolve()), "pitch_shifts": list(settings.pitch_shifts)})
     return folder, {"code_cache": code_cache.cache_id(folder), "reused": False, "songs": meta["songs"], "encoded_songs": len(todo),
                     "encode_seconds": round(seconds, 2), "encoded_audio_s": round(audio_s, 1),
                     "encode_audio_s_per_s": round(audio_s / seconds, 1) if todo and seconds > 0 else None}

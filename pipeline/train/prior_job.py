@@ -64,6 +64,8 @@ class TrainPriorConfig:
     codes_dir: str = field("", "where code caches live (default <shards>/codes); one folder per VQ-VAE version")
     encode_actors: int = field(1, "actors encoding the corpus when a code cache is built", ge=1)
     encode_gpus: float = field(0.0, "GPUs per encoding actor (0: CPU)")
+    encode_pitch_shifts: tuple[float, ...] = field((), "augmentation for a small corpus: each song also trained on pitch-shifted "
+                                                   "by these semitones (e.g. --encode_pitch_shifts=-2,-1,1,2; its own code cache)")
     holdout: float = field(0.1, "last fraction of every song kept out of training; the held-out loss comes from it", lt=1)
     data_seed: int = field(0, "seed of the window stream")
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
@@ -111,6 +113,9 @@ class TrainPriorConfig:
             raise ConfigError(f"model: {exc}") from None
         if not 0.0 <= self.holdout < 1.0:
             raise ConfigError(f"holdout must be in [0, 1), got {self.holdout}")
+        shifts = self.encode_pitch_shifts
+        if any(not -12 <= s <= 12 or s == 0 for s in shifts) or len(set(shifts)) < len(shifts):
+            raise ConfigError(f"encode_pitch_shifts must be distinct non-zero semitones within +-12, got {list(shifts)}")
         if self.model.cond_dropout is not None and not 0.0 <= self.model.cond_dropout <= 1.0:
             raise ConfigError(f"model.cond_dropout must be in [0, 1], got {self.model.cond_dropout}")
         if not self.shards:
@@ -152,12 +157,12 @@ def check_windows(source_args: dict, holdout: float) -> None:
     """Training (and held-out) windows exist in the code cache: refused in the driver, not in a worker."""
     from pipeline.train.sources import PriorWindows
 
-    spans = {"training": (0.0, 1.0 - holdout)}
+    spans = {"training": ((0.0, 1.0 - holdout), True)}
     if holdout:
-        spans["held-out"] = (1.0 - holdout, 1.0)
-    for what, span in spans.items():
+        spans["held-out"] = ((1.0 - holdout, 1.0), False)
+    for what, (span, variants) in spans.items():
         try:
-            PriorWindows(**source_args, span=span).open()
+            PriorWindows(**source_args, span=span, variants=variants).open()
         except ValueError as exc:
             raise ConfigError(f"{what} windows: {exc} (a shorter --model.n_ctx, longer songs"
                               + (", or another --holdout)" if holdout else ")")) from None
@@ -182,11 +187,13 @@ def train_prior(cfg: TrainPriorConfig) -> dict:
     rt = cfg.runtime
     need = rt.workers * (rt.cpus_per_worker + rt.data_cpus) + 1
     init_ray(cfg.ray_address or None, cfg.num_cpus or max(os.cpu_count() or 1, int(need + 0.999)), progress=False)
-    settings = EncodeSettings(actors=cfg.encode_actors, gpus=cfg.encode_gpus)
+    settings = EncodeSettings(actors=cfg.encode_actors, gpus=cfg.encode_gpus, pitch_shifts=tuple(cfg.encode_pitch_shifts))
     folder, cache_facts = get_or_build(shards, upstream["vqvae"], tracking.uri, settings, cfg.codes_dir)
     source_args = {"cache": str(folder), "n_ctx": model.n_ctx, "seed": cfg.data_seed}
     lineage = {"vqvae": f"models:/{upstream['vqvae'].name}/{upstream['vqvae'].version}", "code_cache": cache_facts["code_cache"],
                "vocab_version": upstream["vocab_version"], "shards": str(shards)}
+    if settings.pitch_shifts:
+        lineage["pitch_shifts"] = list(settings.pitch_shifts)
     facts = {"code_cache": cache_facts}
     if model.upsampler is not None:
         upper_folder, upper_facts = get_or_build(shards, upstream["upper_vqvae"], tracking.uri, settings, cfg.codes_dir)

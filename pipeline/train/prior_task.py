@@ -35,7 +35,7 @@ class PriorTask(TrainingTask):
     def setup(self, device: torch.device) -> None:
         self.eval_source = None
         if self.holdout:
-            self.eval_source = PriorWindows(**{**self.source_args, "span": (1.0 - self.holdout, 1.0)})
+            self.eval_source = PriorWindows(**{**self.source_args, "span": (1.0 - self.holdout, 1.0), "variants": False})
             self.eval_source.open()
 
     def build_model(self) -> torch.nn.Module:

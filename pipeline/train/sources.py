@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.data.audio_windows import WindowSampler
-from pipeline.data.code_cache import CodeCache
+from pipeline.data.code_cache import CodeCache, split_key
 from pipeline.data.lyrics import lyrics_tokens
 from pipeline.data.lyrics_windows import LyricsWindows
 from pipeline.train.config import RuntimeConfig
@@ -125,6 +125,7 @@ class PriorWindows(DataSource):
     ratio: int = 1  # upper hop / this hop
     shards: str = ""  # for the lyrics windows (top prior with lyrics)
     n_chars: int = 0
+    variants: bool = True  # the cache's pitch-shifted songs too (training); False: the songs only (held-out)
 
     def open(self) -> None:
         self.codes = CodeCache(self.cache)
@@ -133,6 +134,8 @@ class PriorWindows(DataSource):
         self.hop = self.codes.hop_length
         first, last, ids = [], [], []
         for sid, song in sorted(self.codes.songs.items()):
+            if not self.variants and split_key(sid)[1]:
+                continue
             n = len(song.codes)
             lo, hi = int(n * self.span[0]), int(n * self.span[1])
             if self.upper is not None:
@@ -165,8 +168,9 @@ class PriorWindows(DataSource):
             if self.upper is not None:
                 up = self.upper.songs[sid].codes
                 row["upper_codes"] = up[start // self.ratio:(start + self.n_ctx) // self.ratio]
-            if self.lyrics is not None:
-                text = self.lyrics.window(sid, start * self.hop, self.n_ctx * self.hop) if sid in self.lyrics.song_ids else ""
+            if self.lyrics is not None:  # a pitch-shifted song keeps its timing, so its words
+                song_id = split_key(sid)[0]
+                text = self.lyrics.window(song_id, start * self.hop, self.n_ctx * self.hop) if song_id in self.lyrics.song_ids else ""
                 row["lyrics"] = lyrics_tokens(text, self.n_chars)
             rows.append(row)
         return {k: np.asarray([r[k] for r in rows], dtype=np.int64) for k in rows[0]}

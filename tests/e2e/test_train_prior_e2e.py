@@ -91,6 +91,34 @@ def test_the_code_cache_is_reused_for_a_version_and_rebuilt_for_a_new_one(upstre
     assert new_folder.name == f"jukebox-vqvae-top-v{newer.version}-{newer.run_id[:8]}"
 
 
+def test_a_pitch_shifted_cache_adds_variants_for_training_only(upstream):
+    import numpy as np
+
+    from pipeline.data.code_cache import CodeCache, variant_key
+    from pipeline.registry import download
+    from pipeline.train.encode import EncodeSettings, get_or_build
+    from pipeline.train.sources import PriorWindows
+
+    first = download(upstream["versions"]["top"], tracking_uri=upstream["db"])
+    plain, _ = get_or_build(upstream["shards"], first, upstream["db"], root=upstream["work"] / "codes")
+    pitched, facts = get_or_build(upstream["shards"], first, upstream["db"], EncodeSettings(pitch_shifts=(-1.0, 2.0)),
+                                  root=upstream["work"] / "codes")
+    assert not facts["reused"] and facts["encoded_songs"] == 12 and pitched.name == plain.name + "-pitch-1_+2"
+    songs, cache = CodeCache(plain).songs, CodeCache(pitched)
+    assert cache.meta["pitch_shifts"] == [-1.0, 2.0] and len(cache.songs) == 12
+    for sid, song in songs.items():
+        assert np.array_equal(cache.songs[sid].codes, song.codes)  # the song itself: the plain cache's codes
+        up = cache.songs[variant_key(sid, 2.0)]
+        assert len(up.codes) == len(song.codes) and (up.codes != song.codes).mean() > 0.2 and up.artist_id == song.artist_id
+    args = {"cache": str(pitched), "n_ctx": 32, "shards": str(upstream["shards"]), "n_chars": 64}
+    train, held = PriorWindows(**args, span=(0.0, 0.8)), PriorWindows(**args, span=(0.8, 1.0), variants=False)
+    train.open()
+    held.open()
+    assert len(train.song_ids) == 12 and sorted(held.song_ids) == sorted(songs)
+    batch = train.batch([(variant_key(sid, -1.0), 0) for sid in songs])  # a variant's lyrics are its song's
+    assert (batch["lyrics"] == train.batch([(sid, 0) for sid in songs])["lyrics"]).all()
+
+
 def test_tiny_middle_upsampler_trains_with_its_conditioner_and_registers(upstream):
     summary = train_prior(_config(upstream, "middle", runtime={"ema_decay": 0.9}))
     assert summary["lineage"]["upper_vqvae"].startswith("models:/jukebox-vqvae-top/")

@@ -58,6 +58,17 @@ def test_upsampler_windows_line_up_with_the_upper_codes(tmp_path):
     assert (held_out.load_batch(0, 0, 0, 1, 16)["codes"][:, 0] >= 2400).all()
 
 
+def test_variant_keys_round_trip_and_name_their_own_cache(tmp_path):
+    assert code_cache.variant_key("abc", 0.0) == "abc" and code_cache.variant_key("abc", -1.5) == "abc#pitch-1.5"
+    assert code_cache.split_key("abc#pitch+2") == ("abc", 2.0) and code_cache.split_key("abc") == ("abc", 0.0)
+    assert code_cache.cache_folder(tmp_path, "v", "1", "", (-2.0, 1.0)).name == "v-v1-pitch-2_+1"
+    folder = _cache(tmp_path / "c", {"a": 600, "a#pitch+1": 600, "b": 400}, 128, "top")
+    for variants, expect in ((True, ["a", "a#pitch+1", "b"]), (False, ["a", "b"])):
+        source = PriorWindows(str(folder), n_ctx=256, variants=variants)
+        source.open()
+        assert source.song_ids == expect
+
+
 def test_windows_refuse_a_cache_without_a_song_as_long_as_the_context(tmp_path):
     source = PriorWindows(str(_cache(tmp_path / "c", {"s": 100}, 128, "top")), n_ctx=256)
     with pytest.raises(ValueError, match="256 tokens"):
@@ -91,3 +102,6 @@ def test_chunked_encoding_equals_encoding_the_whole_song(tmp_path):
     whole = model.encode(whole_audio)[0].numpy()
     assert len(chunked) == 98 and len(np.unique(whole)) > 20
     assert chunked.tolist() == whole.tolist()
+    encoder.sample_rate = 44100
+    shifted = encoder.encode_song("s#pitch+3")  # the song a minor third up: as long, other codes
+    assert len(shifted) == 98 and (shifted != chunked).mean() > 0.2

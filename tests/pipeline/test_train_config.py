@@ -175,3 +175,14 @@ def test_prior_dropout_overrides_reach_the_model_and_are_bounded(tmp_path):
     assert TrainPriorConfig(preset="paper").model_config().transformer.resid_dropout == 0.0  # the paper's runs: none
     with pytest.raises(ConfigError, match="resid_dropout"):
         from_dict(TrainPriorConfig, {**base, "model": {"resid_dropout": 1.0}})
+
+
+@pytest.mark.parametrize("shifts", ["0", "13", "-1,-1", "nan"])
+def test_pitch_shifts_must_be_distinct_nonzero_semitones_within_an_octave(tmp_path, shifts):
+    from pipeline.train.prior_job import TrainPriorConfig
+
+    (tmp_path / "songs").mkdir()
+    with pytest.raises(ConfigError, match="encode_pitch_shifts"):
+        from_dict(TrainPriorConfig, {"preset": "tiny", "shards": str(tmp_path), "encode_pitch_shifts": shifts}).validate()
+    ok = from_dict(TrainPriorConfig, {"preset": "tiny", "shards": str(tmp_path), "encode_pitch_shifts": "-2,-1,1,2"})
+    assert ok.encode_pitch_shifts == (-2.0, -1.0, 1.0, 2.0)

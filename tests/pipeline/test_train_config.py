@@ -1,5 +1,6 @@
 """The training configs fail early and clearly; the DeepSpeed config follows the runtime's."""
 
+from pathlib import Path
 
 import pytest
 
@@ -186,3 +187,19 @@ def test_pitch_shifts_must_be_distinct_nonzero_semitones_within_an_octave(tmp_pa
         from_dict(TrainPriorConfig, {"preset": "tiny", "shards": str(tmp_path), "encode_pitch_shifts": shifts}).validate()
     ok = from_dict(TrainPriorConfig, {"preset": "tiny", "shards": str(tmp_path), "encode_pitch_shifts": "-2,-1,1,2"})
     assert ok.encode_pitch_shifts == (-2.0, -1.0, 1.0, 2.0)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "infra" / "train").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_training_config_loads_and_builds_its_model(tmp_path, path):
+    import yaml
+
+    from pipeline.train.prior_job import TrainPriorConfig
+    from pipeline.train.vqvae_job import TrainVQVAEConfig
+
+    (tmp_path / "songs").mkdir()
+    cls = TrainPriorConfig if path.name.startswith("prior") else TrainVQVAEConfig
+    cfg = from_dict(cls, {**yaml.safe_load(path.read_text()), "shards": str(tmp_path)})
+    for level in ("top", "middle", "bottom"):
+        cfg.level = level
+        cfg.model_config().validate()

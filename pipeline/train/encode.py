@@ -97,6 +97,10 @@ def get_or_build(shards: str | Path, vqvae, tracking_uri: str, settings: EncodeS
     todo = sorted(set(keys) - code_cache.encoded_songs(folder))
     started, audio_s = time.time(), sum(songs[keys[k]]["num_samples"] / songs[keys[k]]["sample_rate"] for k in todo)
     if todo:
+        if not ray.is_initialized():  # not Ray Data's bare ray.init(): it attaches to whatever cluster the host last ran
+            from pipeline.services import init_ray
+
+            init_ray(None, max(2, int(settings.actors * settings.cpus + 1.999)), progress=False)
         ds = ray.data.from_items([{"song_id": k} for k in todo], override_num_blocks=len(todo)).map_batches(
             EncodeSongs, fn_constructor_kwargs=dict(vqvae_uri=f"models:/{vqvae.name}/{vqvae.version}", tracking_uri=tracking_uri,
                                                     shards=str(shards), settings=settings),

@@ -213,48 +213,50 @@ def leave_one_out(work: Path, minutes: float, vqvae_steps: int, batch: int, timi
         model = from_dict(TrainPriorConfig, base).model_config()
         args = {"cache": str(unseen_cache), "n_ctx": model.n_ctx, "shards": str(test_shards), "n_chars": model.lyrics.encoder.n_ctx}
         train_cache = str(fold / "codes" / summary["lineage"]["code_cache"].split(":")[0])
+        train_codes, held_codes = song_codes(train_cache), song_codes(str(unseen_cache))  # read once for both references
+        bins = int(max(max(c.max() for c in train_codes), max(c.max() for c in held_codes))) + 1
         result = {"unseen_song": unseen, "timing": timing, "sets": list(sets), "registered": summary["registered"],
                   "vqvae": vq["registered"], "steps": fold_steps,
                   "batch": batch, "job_wall_s": round(time.time() - started, 1),
                   "train_bits_per_token_last_log": summary["final_metrics"].get("bits_per_token"),
                   **heldout_bits(summary["registered"], db, args, span=(0.0, 1.0), unknown_labels=True),
-                  **unigram(train_cache, heldout_cache=str(unseen_cache)), **bigram(train_cache, str(unseen_cache)),
-                  **in_context(train_cache, str(unseen_cache), model.n_ctx)}
+                  **unigram(train_cache, heldout_cache=str(unseen_cache)), **bigram(train_codes, held_codes, bins),
+                  **in_context(train_codes, held_codes, bins, model.n_ctx)}
         result["below_unigram_entropy"] = round(1 - result["heldout_bits_per_token"] / result["unigram_entropy_heldout_bits"], 4)
         print("fold", result, flush=True)
         results.append(result)
     return results
 
 
-def bigram(train_cache: str, heldout_cache: str, alpha: float = 0.1) -> dict:
-    """A reference: the held-out bits per token of a bigram model counted on the training codes."""
+def song_codes(cache_folder: str) -> list[np.ndarray]:
+    """Every row's codes of a complete code cache, as int64."""
     from pipeline.data.code_cache import CodeCache
 
-    train = [s.codes.astype(np.int64) for s in CodeCache(train_cache).songs.values()]
-    held = [s.codes.astype(np.int64) for s in CodeCache(heldout_cache).songs.values()]
-    bins = int(max(max(c.max() for c in train), max(c.max() for c in held))) + 1
+    return [s.codes.astype(np.int64) for s in CodeCache(cache_folder).songs.values()]
+
+
+def train_bigram(train: list[np.ndarray], bins: int, alpha: float = 0.1) -> np.ndarray:
+    """(bins, bins) next-code probabilities counted on the training codes, add-alpha smoothed."""
     counts = np.full((bins, bins), alpha)
     for c in train:
         np.add.at(counts, (c[:-1], c[1:]), 1)
-    probs = counts / counts.sum(1, keepdims=True)
+    return counts / counts.sum(1, keepdims=True)
+
+
+def bigram(train: list[np.ndarray], held: list[np.ndarray], bins: int) -> dict:
+    """A reference: the held-out bits per token of a bigram model counted on the training codes."""
+    probs = train_bigram(train, bins)
     return {"bigram_train_on_heldout_bits": round(float(np.concatenate([-np.log2(probs[c[:-1], c[1:]]) for c in held]).mean()), 4)}
 
 
-def in_context(train_cache: str, heldout_cache: str, n_ctx: int, beta: float = 64.0, gamma: float = 8.0) -> dict:
+def in_context(train: list[np.ndarray], held: list[np.ndarray], bins: int, n_ctx: int, beta: float = 64.0,
+               gamma: float = 8.0) -> dict:
     """A reference that learns inside each window, as a prior can: the held-out bits per token when
     every window's own counts so far (unigram, then bigram) are mixed with the training bigram.
     ``p(x | a) = (n_w(a, x) + gamma u_t(x)) / (n_w(a) + gamma)``, ``u_t = (n_w(x) + beta b(x | a)) / (t + beta)``,
     with n_w the counts in the window before t and b the bigram counted on the training codes.
     beta and gamma were the best of a small grid (1-64, 0.5-8) on every fold."""
-    from pipeline.data.code_cache import CodeCache
-
-    train = [s.codes.astype(np.int64) for s in CodeCache(train_cache).songs.values()]
-    held = [s.codes.astype(np.int64) for s in CodeCache(heldout_cache).songs.values()]
-    bins = int(max(max(c.max() for c in train), max(c.max() for c in held))) + 1
-    counts = np.full((bins, bins), 0.1)
-    for c in train:
-        np.add.at(counts, (c[:-1], c[1:]), 1)
-    bigram_probs = counts / counts.sum(1, keepdims=True)
+    bigram_probs = train_bigram(train, bins)
     train_unigram = (np.bincount(np.concatenate(train), minlength=bins) + 0.5) / (sum(map(len, train)) + 0.5 * bins)
     bits, n = 0.0, 0
     for codes in held:

@@ -231,7 +231,7 @@ def _list_inputs(input_path: str | Path, max_genre_words: int) -> list[dict[str,
             records.append(quarantined_at_ingest(rec, row.get("__error__", "manifest row has no audio path")))
             continue
         lyrics = row.get("lyrics") or ""
-        if isinstance(lyrics, str) and lyrics.strip().lower().endswith(LYRICS_FILE_EXTENSIONS) and "\n" not in lyrics:
+        if isinstance(lyrics, str) and "\n" not in lyrics and is_lyrics_file(lyrics.strip()):
             lyrics = _resolve(lyrics.strip(), path.parent)
         genre_value = next((row[k] for k in GENRE_KEYS if row.get(k) is not None), None)
         records.append(base_record(_resolve(str(ref), path.parent), input_id=row.get("id"), title=row.get("title"),

@@ -177,9 +177,9 @@ def leave_one_out(work: Path, minutes: float, vqvae_steps: int, batch: int, timi
     """Each song unseen in turn: its own VQ-VAE and top prior per fold, measured on the unseen song."""
 
     from pipeline.config import from_dict
+    from pipeline.data.encode import get_or_build
     from pipeline.registry import download
     from pipeline.services import init_ray
-    from pipeline.train.encode import get_or_build
     from pipeline.train.prior_job import TrainPriorConfig, train_prior
     from pipeline.train.vqvae_job import TrainVQVAEConfig, train_vqvae
 

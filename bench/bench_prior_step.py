@@ -119,7 +119,7 @@ def main() -> None:
             [f"ours, compiled: train step (compile {train['first_two_steps_s']:.0f} s once)", f"{train['step_s']:.3f} s",
              f"{train['flops_per_step'] / 1e9:.1f}", f"{mfu:.1%}"]]
     if args.bf16:
-        from pipeline.train.runtime import bf16_supported
+        from pipeline.train.engine import bf16_supported
 
         if not bf16_supported("cpu"):
             raise SystemExit("--bf16: this CPU has no bf16 compute (no AVX512-BF16 or AMX)")

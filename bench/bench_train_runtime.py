@@ -39,8 +39,7 @@ import torch  # noqa: E402
 
 from bench.common import save  # noqa: E402
 from pipeline.tables import format_table  # noqa: E402
-from pipeline.train.runtime import TrainingTask  # noqa: E402
-from pipeline.train.sources import DataSource  # noqa: E402
+from pipeline.train.protocol import DataSource, TrainingTask  # noqa: E402
 
 MEMORY_KEYS = ("mem_params_mb", "mem_optimizer_mb", "mem_grads_mb", "mem_rss_peak_mb")
 STAGES = {"0": ("ZeRO-0", 0, False), "2": ("ZeRO-2", 2, False), "3": ("ZeRO-3", 3, False), "3o": ("ZeRO-3 + offload", 3, True)}
@@ -156,8 +155,8 @@ def memory_run(work: Path, name: str, stage: int, offload: bool, task: TrainingT
 
     from pipeline.config import from_dict
     from pipeline.train.config import CheckpointConfig, OptimConfig, RuntimeConfig
+    from pipeline.train.protocol import Tracking, TrainSpec
     from pipeline.train.run import train_and_register
-    from pipeline.train.runtime import Tracking, TrainSpec
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import bench/
     db = f"sqlite:///{work / 'mlflow.db'}"

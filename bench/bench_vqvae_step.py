@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--original", type=float, nargs="*", default=[],
                     help="the original's step times (s) measured in the same sitting with ../shared/peer/run.sh --only a_")
     args = ap.parse_args()
-    from pipeline.train.runtime import bf16_supported
+    from pipeline.train.engine import bf16_supported
 
     torch.set_num_threads(args.threads)
     cfg = VQVAEConfig(level=0, width=32, depth=4)

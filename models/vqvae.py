@@ -57,7 +57,6 @@ TINY = {
     "middle": VQVAEConfig(level=1, width=16, depth=2, codebook_size=256, emb_width=16),
     "top": VQVAEConfig(level=2, width=16, depth=2, codebook_size=256, emb_width=16),
 }
-LEVELS = ("bottom", "middle", "top")
 
 
 class ResidualStack(nn.Module):

@@ -28,7 +28,6 @@ from typing import Any
 from pipeline.config import ConfigError
 
 CARD_FILE = "card.json"
-LEGACY_WEIGHTS = "model.pt"
 
 
 class RegistryError(ConfigError):
@@ -49,11 +48,9 @@ class RegisteredModel:
 
 
 def client(tracking_uri: str | None = None):
-    import mlflow
+    from pipeline import tracking
 
-    from pipeline.services import tracking_uri as resolve_uri
-
-    return mlflow.MlflowClient(tracking_uri=resolve_uri(tracking_uri), registry_uri=resolve_uri(tracking_uri))
+    return tracking.client(tracking_uri)
 
 
 def parse_uri(uri: str) -> tuple[str, str, str]:
@@ -127,17 +124,13 @@ def check_card(card: dict[str, Any], needs: dict[str, Any], what: str) -> None:
 # ---------------------------------------------------------------- weights and models
 
 def load_state_dict(folder: str | Path) -> dict:
-    """The weights of a downloaded version: safetensors (no pickle), or a legacy ``model.pt`` loaded weights-only."""
-    import torch
+    """The weights of a downloaded version (``pipeline.weights``: safetensors, or a legacy ``model.pt`` weights-only)."""
+    from pipeline import weights
 
-    from pipeline.train.weights import INDEX_FILE, SINGLE_FILE, load_safetensors
-
-    folder = Path(folder)
-    if (folder / SINGLE_FILE).exists() or (folder / INDEX_FILE).exists():
-        return load_safetensors(folder)
-    if (folder / LEGACY_WEIGHTS).exists():
-        return torch.load(folder / LEGACY_WEIGHTS, map_location="cpu", weights_only=True)
-    raise RegistryError(f"no weights in {folder} (expected {SINGLE_FILE}, {INDEX_FILE} or {LEGACY_WEIGHTS})")
+    try:
+        return weights.load_state_dict(folder)
+    except weights.MissingWeights as exc:
+        raise RegistryError(str(exc)) from None
 
 
 def _vqvae(card: dict[str, Any]):
@@ -196,9 +189,14 @@ def load_model(uri: str, tracking_uri: str | None = None, needs: dict[str, Any] 
     reg = download(uri, cache, tracking_uri)
     if needs:
         check_card(reg.card, needs, f"{uri} (version {reg.version})")
+    return instantiate(reg), reg
+
+
+def instantiate(reg: RegisteredModel, device: str = "cpu"):
+    """The model of a downloaded version, rebuilt from its card with its weights, in eval mode on ``device``."""
     model = build_model(reg.card)
     model.load_state_dict(load_state_dict(reg.folder))
-    return model.eval(), reg
+    return model.eval().to(device)
 
 
 # ---------------------------------------------------------------- registering

@@ -1,4 +1,5 @@
-"""The services every job uses, started the same way: Ray (embedded locally, or the cluster's), MLflow, timers."""
+"""The services every job uses, started the same way: the runs folder, Ray (embedded locally, or the
+cluster's), DeepSpeed's op folder, timers. MLflow is ``pipeline.tracking``."""
 
 from __future__ import annotations
 
@@ -89,35 +90,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def tracking_uri(explicit: str | None = None) -> str:
-    """$MLFLOW_TRACKING_URI wins; the default is a sqlite store in ``runs_dir()``."""
-    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    runs_dir().mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{runs_dir() / 'mlflow.db'}"
-
-
-def mlflow_experiment(name: str, uri: str | None = None) -> str:
-    """Set the tracking URI and make sure the experiment exists; returns its id.
-
-    With a local store the artefacts go to an explicit absolute folder (MLflow's default
-    is relative to the current directory, which differs on Ray workers).
-    """
-    import mlflow
-
-    uri = tracking_uri(uri)
-    mlflow.set_tracking_uri(uri)
-    exp = mlflow.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    artifact_location = None
-    if uri.startswith("sqlite:///") or uri.startswith("file:"):
-        root = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else Path(uri.removeprefix("file:"))
-        artifact_location = (root / "mlartifacts" / name).resolve().as_uri()
-    return mlflow.create_experiment(name, artifact_location=artifact_location)
 
 
 def machine_cpu_seconds() -> float | None:

@@ -19,8 +19,8 @@ def register_tiny_vqvae(tracking_uri: str, level: str, seed: int = 0, alias: str
     from models.vqvae import TINY, VQVAE
     from pipeline.audio import TARGET_SAMPLE_RATE
     from pipeline.registry import CARD_FILE, card_tags, register_version
-    from pipeline.services import mlflow_experiment
-    from pipeline.train.weights import SINGLE_FILE
+    from pipeline.tracking import experiment_id
+    from pipeline.weights import SINGLE_FILE
 
     cfg = dataclasses.replace(TINY[level], **overrides)
     torch.manual_seed(seed)
@@ -30,7 +30,7 @@ def register_tiny_vqvae(tracking_uri: str, level: str, seed: int = 0, alias: str
     card = {"family": "vqvae", "level": level, "sample_rate": TARGET_SAMPLE_RATE, "hop_length": cfg.hop_length,
             "codebook_size": cfg.codebook_size, "emb_width": cfg.emb_width, "config": dataclasses.asdict(cfg)}
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    run = client.create_run(mlflow_experiment("jukebox-vqvae", tracking_uri), run_name=f"test-vqvae-{level}-{seed}")
+    run = client.create_run(experiment_id("jukebox-vqvae", tracking_uri), run_name=f"test-vqvae-{level}-{seed}")
     with tempfile.TemporaryDirectory() as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(Path(tmp) / SINGLE_FILE))
         (Path(tmp) / CARD_FILE).write_text(json.dumps(card))
@@ -51,8 +51,8 @@ def register_tiny_prior(tracking_uri: str, level: str, vqvae: str, upper_vqvae: 
     from models.prior_configs import TINY
     from pipeline.audio import TARGET_SAMPLE_RATE
     from pipeline.registry import CARD_FILE, card_tags, register_version
-    from pipeline.services import mlflow_experiment
-    from pipeline.train.weights import SINGLE_FILE
+    from pipeline.tracking import experiment_id
+    from pipeline.weights import SINGLE_FILE
 
     base = TINY[level]
     cfg = dataclasses.replace(base, transformer=dataclasses.replace(base.transformer, **transformer))
@@ -62,7 +62,7 @@ def register_tiny_prior(tracking_uri: str, level: str, vqvae: str, upper_vqvae: 
             "n_ctx": cfg.n_ctx, "lyrics": cfg.lyrics is not None, "config": dataclasses.asdict(cfg), "vqvae": vqvae,
             "upper_vqvae": upper_vqvae, "vocab_version": vocab_version, "vocab": vocab}
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    run = client.create_run(mlflow_experiment("jukebox-prior", tracking_uri), run_name=f"test-prior-{level}-{seed}")
+    run = client.create_run(experiment_id("jukebox-prior", tracking_uri), run_name=f"test-prior-{level}-{seed}")
     with tempfile.TemporaryDirectory() as tmp:
         state = {k: v.clone().contiguous() for k, v in model.state_dict().items()}  # a tied weight: a copy per name, as exported
         save_file(state, str(Path(tmp) / SINGLE_FILE))

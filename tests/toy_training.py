@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.train.runtime import TrainingTask
-from pipeline.train.sources import DataSource
+from pipeline.train.protocol import DataSource, TrainingTask
 
 DIM = 16
 
@@ -73,7 +72,7 @@ def toy_spec(tmp: Path, db: str, run_name: str, *, source: ToySource | None = No
              register: str = "toy-model", **runtime):
     from pipeline.config import from_dict
     from pipeline.train.config import CheckpointConfig, OptimConfig, RuntimeConfig
-    from pipeline.train.runtime import Tracking, TrainSpec
+    from pipeline.train.protocol import Tracking, TrainSpec
 
     ckpt = {k.removeprefix("ckpt_"): runtime.pop(k) for k in list(runtime) if k.startswith("ckpt_")}
     optim = {k.removeprefix("optim_"): runtime.pop(k) for k in list(runtime) if k.startswith("optim_")}

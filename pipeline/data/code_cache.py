@@ -6,8 +6,9 @@
 The folder is keyed by the registered VQ-VAE version, so the same version reuses its codes
 and a new version makes new ones beside them. Each song's part is written under
 ``_staging/`` and renamed, so a killed run resumes with the songs it has not encoded yet
-(``missing_songs``), and never reads a half-written part. Encoding is Ray Data batch
-inference (``pipeline.stages.encode_codes``); this module only reads and writes.
+(``encoded_songs``), and never reads a half-written part. A song that cannot be encoded is
+recorded under ``quarantine/`` with its reason and listed in ``cache.json``. Encoding is a
+Ray Data stage (``pipeline.data.encode``); this module only reads and writes.
 
 A row carries what a training window needs: song id, level, the codes (int16), total
 length in samples, artist and genre ids of the vocabulary version, and the vocabulary version.
@@ -32,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-CODES, CACHE_FILE, STAGING = "codes", "cache.json", "_staging"
+CODES, CACHE_FILE, STAGING, QUARANTINE = "codes", "cache.json", "_staging", "quarantine"
 VARIANT_SEP = "#"
 
 CODES_SCHEMA = pa.schema([
@@ -89,9 +90,24 @@ def write_song(folder: Path, row: dict[str, Any]) -> None:
     os.replace(tmp, folder / _part_name(row["song_id"]))
 
 
+def quarantine_song(folder: Path, key: str, stage: str, reason: str, kind: str) -> None:
+    """A key that could not be encoded: recorded with its reason (atomically), never silently missing."""
+    target = folder / QUARANTINE / _part_name(key).replace(".parquet", ".json")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({"song_id": key, "stage": stage, "reason": reason, "kind": kind}))
+    os.replace(tmp, target)
+
+
+def quarantined_songs(folder: Path) -> dict[str, dict[str, str]]:
+    """{key: record} of the keys quarantined so far."""
+    return {r["song_id"]: r for r in (json.loads(p.read_text()) for p in sorted((folder / QUARANTINE).glob("part-*.json")))}
+
+
 def complete(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
-    """Mark the cache complete: what made it, and a hash of its parts (written last, atomically)."""
+    """Mark the cache complete: what made it, what was quarantined, and a hash of its parts (written last, atomically)."""
     parts = sorted(folder.glob("part-*.parquet"))
+    meta = {**meta, "quarantined": sorted(quarantined_songs(folder).values(), key=lambda r: r["song_id"])}
     digest = hashlib.sha256()
     for p in parts:
         digest.update(p.name.encode())

@@ -15,7 +15,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-UNKNOWN = "unknown"
+from models.levels import UNKNOWN
+
+MAX_GENRES = 5  # genre words per song the start token sums (the original's max_bow_genre_size)
 
 
 def key(name: str) -> str:

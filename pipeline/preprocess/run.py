@@ -273,19 +273,17 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def _log_mlflow(cfg, out, summary, manifest_text, vocab, songs, outcomes) -> str:
-    import mlflow
+    """The run's record in MLflow; an unreachable server is waited out (``pipeline.tracking``)."""
+    from pipeline.tracking import TrackedRun
 
-    from pipeline.services import mlflow_experiment
-
-    exp_id = mlflow_experiment(cfg.experiment, cfg.mlflow_tracking_uri)
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"preprocess-{summary['run_id']}") as run:
-        mlflow.log_params({k: str(v)[:500] for k, v in flatten(cfg).items()})
-        mlflow.log_metrics({k: float(summary[k]) for k in ("inputs", "ok", "quarantined", "skipped_existing", "audio_seconds",
-                                                            "wall_seconds", "pipeline_seconds", "realtime_factor", "songs_total")})
-        mlflow.log_metrics({f"aligned_by_{m}": float(n) for m, n in summary["alignment_methods"].items() if m})
-        mlflow.set_tags({"output": str(out), "preprocess_run_id": summary["run_id"], "manifest_sha256": summary["manifest_sha256"],
-                         "vocab_version": str(summary["vocab_version"]), "separator": summary["separator"]["name"],
-                         "separator_version": summary["separator"]["version"]})
+    tags = {"output": str(out), "preprocess_run_id": summary["run_id"], "manifest_sha256": summary["manifest_sha256"],
+            "vocab_version": str(summary["vocab_version"]), "separator": summary["separator"]["name"],
+            "separator_version": summary["separator"]["version"]}
+    with TrackedRun.open(cfg.experiment, f"preprocess-{summary['run_id']}", cfg.mlflow_tracking_uri, tags=tags) as run:
+        run.params(flatten(cfg))
+        run.metrics({**{k: float(summary[k]) for k in ("inputs", "ok", "quarantined", "skipped_existing", "audio_seconds",
+                                                       "wall_seconds", "pipeline_seconds", "realtime_factor", "songs_total")},
+                     **{f"aligned_by_{m}": float(n) for m, n in summary["alignment_methods"].items() if m}})
         with tempfile.TemporaryDirectory() as tmp:
             t = Path(tmp)
             (t / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -298,10 +296,10 @@ def _log_mlflow(cfg, out, summary, manifest_text, vocab, songs, outcomes) -> str
                 pq.write_table(pa.Table.from_pylist(songs), t / "report" / "songs.parquet")
             for f in sorted(t.glob("*")):
                 if f.is_file():
-                    mlflow.log_artifact(str(f))
+                    run.artifact(f)
             if report:
-                mlflow.log_artifacts(str(t / "report"), "report")
-        return run.info.run_id
+                run.artifacts(t / "report", "report")
+    return run.run_id
 
 
 def print_summary(summary: dict[str, Any], bad: list[dict[str, Any]]) -> None:

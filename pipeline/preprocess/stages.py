@@ -1,7 +1,5 @@
-"""The preprocessing stages. Each one is a class with its resources and batch size, a
-``setup()`` that loads what it needs once per worker, and ``__call__(batch)`` that maps one
-batch of rows to another. A row that fails keeps flowing with ``status="quarantined"``,
-the failing stage and the reason, so nothing is lost; later stages pass it through.
+"""The preprocessing stages (``pipeline.data.stage``: resources, ``setup()`` once per worker,
+``__call__(batch)``, and a quarantine row for every failure): ingest, decode, separate, align.
 
 Arrays cross stage boundaries as raw float32 bytes (Arrow binary columns): no pickled
 numpy, so a stage may run in another Python environment (Spleeter's).
@@ -10,77 +8,29 @@ numpy, so a stage may run in another Python environment (Spleeter's).
 from __future__ import annotations
 
 import functools
-import traceback
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from pipeline import audio as audio_io
 from pipeline.align import AlignerUnavailable, AlignInput, build_aligner
+from pipeline.data.stage import RowStage
 from pipeline.preprocess.config import PreprocessConfig
 from pipeline.preprocess.ingest import ingest_row
 from pipeline.separate.activity import VocalActivity, detect_vocal_activity
 
-# What a failure says about the input, which decides whether a rerun tries it again:
-# - "input": the file's content fails under this config (corrupt, too long, not audio): skipped
-#   until the file or the config changes;
-# - "transient": the file could not be read (I/O error, permissions, a stale network mount): tried
-#   again (a missing file is an "input" one: its fingerprint changes when it appears);
-# - "internal": a bug of ours: tried again (after the fix).
 # AlignerUnavailable: a single configured aligner (not "auto") that cannot align this song.
 INPUT_ERRORS = (audio_io.AudioError, AlignerUnavailable, UnicodeError, FileNotFoundError)
-TRANSIENT_ERRORS = (OSError,)
 
 
-class Stage:
-    name: ClassVar[str] = "stage"
-    # Whole CPUs on purpose: Ray starts one worker process per concurrently running task, and
-    # fractional CPUs let many run at once; each process start costs ~1.5 CPU-s (measured).
-    num_cpus: ClassVar[float] = 1.0
-    batch_size: ClassVar[int] = 1
-    uses_actors: ClassVar[bool] = False  # True: setup() is expensive, keep it per actor
-    outputs: ClassVar[dict[str, Any]] = {}  # columns this stage adds, with the value a failed row gets
+class Stage(RowStage):
+    """A preprocessing stage: built from the job's config."""
+
+    input_errors = INPUT_ERRORS
 
     def __init__(self, cfg: PreprocessConfig):
+        super().__init__()
         self.cfg = cfg
-        self._ready = False
-
-    def setup(self) -> None:
-        """Load models / build state once per worker."""
-
-    def process_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        if not self._ready:
-            self.setup()
-            self._ready = True
-        rows = batch.to_pylist()
-        for row in rows:
-            if row["status"] == "ok":
-                try:
-                    row.update(self.process_row(row))
-                except INPUT_ERRORS as exc:
-                    quarantine(row, self.name, str(exc), "input")
-                except TRANSIENT_ERRORS as exc:
-                    quarantine(row, self.name, str(exc), "transient")
-                except ValueError as exc:
-                    quarantine(row, self.name, str(exc), "input")
-                except Exception as exc:  # noqa: BLE001 - one bad song must not end a corpus run
-                    where = traceback.extract_tb(exc.__traceback__)[-1]
-                    quarantine(row, self.name, f"internal error {type(exc).__name__}: {exc} "
-                                               f"(at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})", "internal")
-            for column, default in self.outputs.items():
-                row.setdefault(column, default)
-        return pa.Table.from_pylist(rows)
-
-
-def quarantine(row: dict[str, Any], stage: str, error: str, kind: str) -> None:
-    row.update(status="quarantined", stage=stage, error=error, error_kind=kind)
-    for heavy in ("audio", "vocals"):  # free the memory of a rejected song right away
-        if heavy in row:
-            row[heavy] = b""
 
 
 class IngestStage(Stage):

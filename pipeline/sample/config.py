@@ -7,11 +7,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.levels import UNKNOWN
 from models.sampling import SamplingSettings
 from pipeline.config import ConfigError, field
 from pipeline.services import RUNS_HELP
-
-LEVELS = ("top", "middle", "bottom")  # the order they are sampled in
 
 
 @dataclass
@@ -39,8 +38,8 @@ class SampleConfig:
     top_codes: str = field("", "upsample-only: top-level codes saved by an earlier run (its codes/top.npy)")
     prime: str = field("", "primed: continue this audio file (decoded, resampled to 44.1 kHz, encoded)")
     prime_seconds: float = field(0.0, "how much of --prime to keep (0 = all of it)")
-    artist: str = field("unknown", "artist name (as in the training corpus)")
-    genre: str = field("unknown", "genre name(s), comma-separated")
+    artist: str = field(UNKNOWN, "artist name (as in the training corpus)")
+    genre: str = field(UNKNOWN, "genre name(s), comma-separated")
     lyrics: str = field("", "lyrics text, or a .txt file (the top prior with lyrics)")
     duration: float = field(20.0, "seconds of audio per sample (exact)", ge=None, gt=0)
     n_samples: int = field(1, "samples in one batch", ge=1)
@@ -76,7 +75,7 @@ class SampleConfig:
         return out
 
     def genres(self) -> list[str]:
-        return [g.strip() for g in self.genre.split(",") if g.strip()] or ["unknown"]
+        return [g.strip() for g in self.genre.split(",") if g.strip()] or [UNKNOWN]
 
     def settings(self, level: str) -> SamplingSettings:
         temp = self.temperature if level == "top" else self.upsample_temperature

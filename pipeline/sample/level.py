@@ -109,16 +109,6 @@ def lyrics_for_window(lyrics: str, start: int, length: int, hop: int, total_samp
     return lo, lyrics[lo:lo + n_chars]
 
 
-def load_prior(folder: str, card: dict, device: str, threads: int):
-    """A registered prior from its downloaded folder, in eval mode on ``device``."""
-    from pipeline.registry import build_model, load_state_dict
-
-    torch.set_num_threads(threads)
-    model = build_model(card)
-    model.load_state_dict(load_state_dict(folder))
-    return model.eval().to(device)
-
-
 class SegmentWorker:
     """A Ray actor's body: the priors of the levels it is asked for, each loaded once."""
 
@@ -128,10 +118,10 @@ class SegmentWorker:
 
     def prepare(self, level: str, settings: SamplingSettings, cond: Conditioning, n_samples: int, seed: int,
                 hop_fraction: float, compile_step: bool, upper: np.ndarray | None, ratio: int) -> bool:
-        from pipeline.registry import download
+        from pipeline.registry import download, instantiate
 
-        reg = download(self.models[level], tracking_uri=self.tracking)  # cached per machine
-        prior = load_prior(str(reg.folder), reg.card, self.device, self.threads)
+        torch.set_num_threads(self.threads)
+        prior = instantiate(download(self.models[level], tracking_uri=self.tracking), self.device)  # downloaded once per machine
         self.samplers[level] = LevelSampler(level, prior, settings, cond, n_samples, seed, hop_fraction, compile_step, upper, ratio)
         return True
 

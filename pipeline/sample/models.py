@@ -9,12 +9,10 @@ import difflib
 from dataclasses import dataclass
 from typing import Any
 
+from models import levels
+from models.levels import UNKNOWN, UNKNOWN_ID, UPPER
 from pipeline.config import ConfigError
-from pipeline.registry import RegisteredModel, RegistryError, download
-from pipeline.sample.config import SampleConfig
-from pipeline.train.vqvae_job import LEVEL_HOPS
-
-UPPER = {"middle": "top", "bottom": "middle"}
+from pipeline.registry import RegisteredModel, RegistryError, download, instantiate
 
 
 @dataclass
@@ -23,6 +21,19 @@ class ModelSet:
     vqvaes: dict[str, RegisteredModel]
     sample_rate: int
     vocab: dict[str, dict[str, int]] | None
+
+    @property
+    def sampled_levels(self) -> list[str]:
+        """The sampled levels, top first."""
+        return [lv for lv in levels.SAMPLING_ORDER if lv in self.vqvaes]
+
+    def load_vqvae(self, level: str, device: str = "cpu"):
+        """The level's VQ-VAE in eval mode on ``device`` (from its downloaded folder)."""
+        return instantiate(self.vqvaes[level], device)
+
+    def load_prior(self, level: str, device: str = "cpu"):
+        """The level's prior in eval mode on ``device``."""
+        return instantiate(self.priors[level], device)
 
     def versions(self) -> dict[str, str]:
         """{"prior.top": "models:/jukebox-prior-top/3", ...}: what an MLflow run and the page name."""
@@ -34,17 +45,18 @@ def _differs(what: str, field: str, got: Any, want: Any) -> None:
         raise RegistryError(f"incompatible models: {what} has {field} = {got!r}, expected {want!r}")
 
 
-def resolve_models(cfg: SampleConfig, tracking: str) -> ModelSet:
-    """Download (once) and check the set; nothing is built or loaded yet."""
-    levels = cfg.level_list()
+def resolve_models(models, sampled: list[str], tracking: str | None = None, with_top_prior: bool = True) -> ModelSet:
+    """Download (once) and check the set of ``sampled`` levels; nothing is built or loaded yet.
+
+    ``models`` is a ``ModelsConfig`` (URIs by level); ``with_top_prior=False`` for upsampling given top codes."""
     priors: dict[str, RegisteredModel] = {}
-    for level in levels:
-        if level == "top" and cfg.top_codes:
+    for level in sampled:
+        if level == "top" and not with_top_prior:
             continue  # upsample-only: the top codes are given
-        priors[level] = download(cfg.models.prior(level), tracking_uri=tracking)
+        priors[level] = download(models.prior(level), tracking_uri=tracking)
     vqvaes: dict[str, RegisteredModel] = {}
-    for level in levels:
-        given = cfg.models.vqvae(level)
+    for level in sampled:
+        given = models.vqvae(level)
         trained_on = priors[level].card.get("vqvae", "") if level in priors else ""
         if level == "top" and not trained_on and "middle" in priors:
             trained_on = priors["middle"].card.get("upper_vqvae", "")
@@ -63,7 +75,7 @@ def check_models(priors: dict[str, RegisteredModel], vqvaes: dict[str, Registere
         what = f"the {level} VQ-VAE {vq.uri}"
         _differs(what, "family", vq.card.get("family"), "vqvae")
         _differs(what, "level", vq.card.get("level"), level)
-        _differs(what, "hop_length", vq.card.get("hop_length"), LEVEL_HOPS[level])
+        _differs(what, "hop_length", vq.card.get("hop_length"), levels.hop(level))
         rates[vq.uri] = vq.card.get("sample_rate")
     if len(set(map(str, rates.values()))) > 1:
         raise RegistryError(f"incompatible models: the VQ-VAEs' sample rates differ: {rates}")
@@ -84,7 +96,7 @@ def check_models(priors: dict[str, RegisteredModel], vqvaes: dict[str, Registere
                 raise RegistryError(f"incompatible models: {what} has no upsampler conditioner (trained with --model.conditioner false)")
             upper = vqvaes[UPPER[level]]
             _differs(what, "upsampler upper_bins", upsampler["upper_bins"], upper.card.get("codebook_size"))
-            _differs(what, "upsampling ratio", 2 ** upsampler["stages"], LEVEL_HOPS[UPPER[level]] // LEVEL_HOPS[level])
+            _differs(what, "upsampling ratio", 2 ** upsampler["stages"], levels.ratio(level))
             if card.get("upper_vqvae") and card["upper_vqvae"] != upper.uri:
                 raise RegistryError(f"incompatible models: {what} was conditioned on the codes of {card['upper_vqvae']}, "
                                     f"not of {upper.uri}")
@@ -107,16 +119,16 @@ def _lookup(table: dict[str, int], name: str, what: str) -> int:
 def condition_ids(vocab: dict[str, dict[str, int]] | None, artist: str, genres: list[str], n_artists: int,
                   n_genres: int) -> tuple[int, list[int]]:
     """(artist id, genre ids) of names; "unknown" is id 0 whatever the vocabulary."""
-    from pipeline.data.vocab import UNKNOWN, key
+    from pipeline.data.vocab import key
 
     wanted = [artist, *genres]
     if vocab is None:
         if any(key(n) != UNKNOWN for n in wanted):
             raise ConfigError("the priors' cards carry no vocabulary (registered before names travelled with them): "
                               "only --artist unknown --genre unknown can be sampled")
-        return 0, [0]
-    a = 0 if key(artist) == UNKNOWN else _lookup(vocab["artists"], artist, "artist")
-    g = [0 if key(x) == UNKNOWN else _lookup(vocab["genres"], x, "genre") for x in genres]
+        return UNKNOWN_ID, [UNKNOWN_ID]
+    a = UNKNOWN_ID if key(artist) == UNKNOWN else _lookup(vocab["artists"], artist, "artist")
+    g = [UNKNOWN_ID if key(x) == UNKNOWN else _lookup(vocab["genres"], x, "genre") for x in genres]
     if a >= n_artists or max(g) >= n_genres:
         raise ConfigError(f"artist id {a} / genre ids {g} are outside the prior's tables ({n_artists}, {n_genres})")
     return a, g

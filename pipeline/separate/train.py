@@ -200,29 +200,25 @@ def train_separator(cfg: TrainSeparatorConfig) -> dict[str, Any]:
 
 
 def _log_and_register(cfg: TrainSeparatorConfig, model_dir: Path, summary: dict, losses: list) -> dict[str, Any]:
-    import mlflow
-    from mlflow.entities import Metric
-
     from pipeline.registry import register_version
-    from pipeline.services import mlflow_experiment
+    from pipeline.tracking import TrackedRun, retry
 
-    exp_id = mlflow_experiment(cfg.experiment, cfg.mlflow_tracking_uri)
-    client = mlflow.MlflowClient()
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"train-separator-{time.strftime('%Y%m%dT%H%M%S')}") as run:
-        mlflow.log_params({k: str(v)[:500] for k, v in flatten(cfg).items()})
-        now = int(time.time() * 1000)
-        if losses:  # one batched call, not one per value
-            client.log_batch(run.info.run_id, metrics=[Metric("train_loss", v, now, s) for s, v in losses])
-        mlflow.log_metrics({"steps": summary["steps"], "wall_seconds": summary["wall_seconds"]})
-        mlflow.set_tags({"training_data_sha256": summary["training_data_sha256"], "separator": "spleeter-2stems"})
+    tags = {"training_data_sha256": summary["training_data_sha256"], "separator": "spleeter-2stems"}
+    with TrackedRun.open(cfg.experiment, f"train-separator-{time.strftime('%Y%m%dT%H%M%S')}", cfg.mlflow_tracking_uri,
+                         tags=tags) as run:
+        run.params(flatten(cfg))
+        if losses:
+            run.metric_history("train_loss", losses)
+        run.metrics({"steps": summary["steps"], "wall_seconds": summary["wall_seconds"]})
         for f in sorted(model_dir.iterdir()):
             if f.is_file() and f.name != "train.log":
-                mlflow.log_artifact(str(f), "model")
-        mlflow.log_artifact(str(model_dir / "train.log"))
-        out = {"mlflow_run_id": run.info.run_id}
+                run.artifact(f, "model")
+        run.artifact(model_dir / "train.log")
+        out = {"mlflow_run_id": run.run_id}
         if cfg.register:
             card = {"sample_rate": "44100", "stems": "vocals,accompaniment", "steps": str(summary["steps"]),
                     "frame_length": str(cfg.frame_length), "training_data_sha256": summary["training_data_sha256"]}
-            out.update(register_version(client, cfg.register, f"{run.info.artifact_uri}/model", run.info.run_id, card, cfg.alias,
-                                        description="Spleeter 2-stem vocal separator (vocals, accompaniment)"))
+            source = f"{run.artifact_uri}/model"
+            out.update(retry("register", lambda: register_version(run.client, cfg.register, source, run.run_id, card, cfg.alias,
+                                                                  description="Spleeter 2-stem vocal separator (vocals, accompaniment)")))
     return out

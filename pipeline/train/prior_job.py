@@ -2,31 +2,27 @@
 
 In the driver, before Ray starts a worker: the VQ-VAE(s) are resolved in the registry (a
 missing model or alias stops the job) and their cards checked against this prior's config
-(level, hop length, codebook size, sample rate), and the vocabulary against its artist and
-genre tables. Then the code cache is reused or built (``pipeline.train.encode``), the prior
-trains on the shared runtime, and ``jukebox-prior-<level>`` is registered with its lineage.
+(level, hop length, codebook size, sample rate), the vocabulary against its artist and
+genre tables, and the model against the memory it would train in. Then the code cache is
+reused or built (``pipeline.data.encode``), the prior trains on the shared runtime, and
+``jukebox-prior-<level>`` is registered with its lineage.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from models.prior import PriorConfig
+from models import levels
+from models.prior import Prior, PriorConfig
 from models.prior_configs import PAPER, TINY
 from pipeline.audio import TARGET_SAMPLE_RATE
 from pipeline.config import ConfigError, field
-from pipeline.services import RUNS_HELP
-from pipeline.train.config import CheckpointConfig, OptimConfig, RuntimeConfig
-from pipeline.train.vqvae_job import LEVEL_HOPS
-
-LEVELS = ("bottom", "middle", "top")
-UPPER = {"bottom": "middle", "middle": "top"}
+from pipeline.train.config import OptimConfig
+from pipeline.train.job import TrainJobConfig, check_fits, launch, print_summary
 
 
 @dataclass
@@ -53,12 +49,13 @@ def _prior_optim() -> OptimConfig:
 
 
 @dataclass
-class TrainPriorConfig:
+class TrainPriorConfig(TrainJobConfig):
     level: Literal["top", "middle", "bottom"] = field("top", "top prior, or the middle / bottom upsampler")
-    preset: Literal["paper", "tiny"] = field("paper", "the paper's model or a tiny one for CPU tests")
+    holdout: float = field(0.1, "last fraction of every song kept out of training; the held-out loss comes from it", lt=1)
+    optim: OptimConfig = dataclasses.field(default_factory=_prior_optim)
+    experiment: str = field("jukebox-prior", "MLflow experiment")
     lyrics: bool = field(True, "top prior: condition on lyrics (encoder-decoder layers and the lyrics loss)")
     model: PriorOverrides = dataclasses.field(default_factory=PriorOverrides)
-    shards: str = field("", "preprocessed shards (the output folder of jobs/preprocess.py)")
     vqvae: str = field("", "this level's VQ-VAE (default models:/jukebox-vqvae-<level>@current)")
     upper_vqvae: str = field("", "upsamplers: the upper level's VQ-VAE (default models:/jukebox-vqvae-<upper>@current)")
     codes_dir: str = field("", "where code caches live (default <shards>/codes); one folder per VQ-VAE version")
@@ -66,17 +63,6 @@ class TrainPriorConfig:
     encode_gpus: float = field(0.0, "GPUs per encoding actor (0: CPU)")
     encode_pitch_shifts: tuple[float, ...] = field((), "augmentation for a small corpus: each song also trained on pitch-shifted "
                                                    "by these semitones (e.g. --encode_pitch_shifts=-2,-1,1,2; its own code cache)")
-    holdout: float = field(0.1, "last fraction of every song kept out of training; the held-out loss comes from it", lt=1)
-    data_seed: int = field(0, "seed of the window stream")
-    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
-    optim: OptimConfig = dataclasses.field(default_factory=_prior_optim)
-    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
-    mlflow_tracking_uri: str = field("", "default: $MLFLOW_TRACKING_URI, else sqlite in " + RUNS_HELP)
-    experiment: str = field("jukebox-prior", "MLflow experiment")
-    register: str = field("", "registered model name (default: jukebox-prior-<level>)")
-    alias: str = field("current", "alias set on the new version ('' = none)")
-    ray_address: str = field("", "Ray cluster to join (default: $RAY_ADDRESS, else an embedded local Ray)")
-    num_cpus: int = field(0, "logical CPUs of an embedded Ray (0 = enough for workers and data actors)")
 
     def model_config(self) -> PriorConfig:
         preset = PAPER if self.preset == "paper" else TINY
@@ -104,24 +90,19 @@ class TrainPriorConfig:
         return self.vqvae or f"models:/jukebox-vqvae-{self.level}@current"
 
     def upper_vqvae_uri(self) -> str:
-        return self.upper_vqvae or f"models:/jukebox-vqvae-{UPPER[self.level]}@current"
+        return self.upper_vqvae or f"models:/jukebox-vqvae-{levels.upper(self.level)}@current"
 
     def validate(self) -> None:
         try:
             self.model_config().validate()
         except ValueError as exc:
             raise ConfigError(f"model: {exc}") from None
-        if not 0.0 <= self.holdout < 1.0:
-            raise ConfigError(f"holdout must be in [0, 1), got {self.holdout}")
         shifts = self.encode_pitch_shifts
         if any(not -12 <= s <= 12 or s == 0 for s in shifts) or len(set(shifts)) < len(shifts):
             raise ConfigError(f"encode_pitch_shifts must be distinct non-zero semitones within +-12, got {list(shifts)}")
         if self.model.cond_dropout is not None and not 0.0 <= self.model.cond_dropout <= 1.0:
             raise ConfigError(f"model.cond_dropout must be in [0, 1], got {self.model.cond_dropout}")
-        if not self.shards:
-            raise ConfigError("--shards is required: the output folder of jobs/preprocess.py")
-        if not (Path(self.shards).expanduser() / "songs").is_dir():
-            raise ConfigError(f"no shards at {self.shards}: expected a songs/ folder (run jobs/preprocess.py first)")
+        super().validate()
 
 
 def check_upstream(cfg: TrainPriorConfig, model: PriorConfig, tracking: str) -> dict:
@@ -129,16 +110,16 @@ def check_upstream(cfg: TrainPriorConfig, model: PriorConfig, tracking: str) -> 
     from pipeline.data.vocab import latest_vocab
     from pipeline.registry import check_card, download
 
-    needs = {"family": "vqvae", "level": cfg.level, "hop_length": LEVEL_HOPS[cfg.level], "codebook_size": model.bins,
-             "sample_rate": TARGET_SAMPLE_RATE}
-    if model.hop_length != LEVEL_HOPS[cfg.level]:
-        raise ConfigError(f"the {cfg.level} prior's hop is {model.hop_length}; the {cfg.level} level's is {LEVEL_HOPS[cfg.level]}")
+    hop = levels.hop(cfg.level)
+    needs = {"family": "vqvae", "level": cfg.level, "hop_length": hop, "codebook_size": model.bins, "sample_rate": TARGET_SAMPLE_RATE}
+    if model.hop_length != hop:
+        raise ConfigError(f"the {cfg.level} prior's hop is {model.hop_length}; the {cfg.level} level's is {hop}")
     found = {"vqvae": download(cfg.vqvae_uri(), tracking_uri=tracking)}
     check_card(found["vqvae"].card, needs, f"{cfg.vqvae_uri()} (version {found['vqvae'].version})")
     if model.upsampler is not None:
-        upper = UPPER[cfg.level]
+        upper = levels.upper(cfg.level)
         found["upper_vqvae"] = download(cfg.upper_vqvae_uri(), tracking_uri=tracking)
-        check_card(found["upper_vqvae"].card, {"family": "vqvae", "level": upper, "hop_length": LEVEL_HOPS[upper],
+        check_card(found["upper_vqvae"].card, {"family": "vqvae", "level": upper, "hop_length": levels.hop(upper),
                                                "codebook_size": model.upsampler.upper_bins, "sample_rate": TARGET_SAMPLE_RATE},
                    f"{cfg.upper_vqvae_uri()} (version {found['upper_vqvae'].version})")
     version, vocab = latest_vocab(Path(cfg.shards).expanduser() / "vocab")
@@ -169,37 +150,30 @@ def check_windows(source_args: dict, holdout: float) -> None:
 
 
 def train_prior(cfg: TrainPriorConfig) -> dict:
-    from pipeline.services import init_ray, tracking_uri
-    from pipeline.train.encode import EncodeSettings, get_or_build
+    from pipeline.data.encode import EncodeSettings, get_or_build
     from pipeline.train.prior_task import PriorTask
-    from pipeline.train.run import train_and_register
-    from pipeline.train.runtime import Tracking, TrainSpec
 
     job_started = time.time()
     cfg.validate()
-    for section in (cfg.runtime, cfg.optim, cfg.checkpoint):
-        section.validate()
+    cfg.check_shards()
     model = cfg.model_config()
-    tracking = Tracking(tracking_uri(cfg.mlflow_tracking_uri or None), cfg.experiment, cfg.register or f"jukebox-prior-{cfg.level}",
-                        cfg.alias)
+    check_fits(cfg, lambda: Prior(model), f"the {cfg.preset} {cfg.level} prior")
+    tracking = cfg.tracking(f"jukebox-prior-{cfg.level}")
     upstream = check_upstream(cfg, model, tracking.uri)
-    shards = Path(cfg.shards).expanduser().resolve()
-    rt = cfg.runtime
-    need = rt.workers * (rt.cpus_per_worker + rt.data_cpus) + 1
-    init_ray(cfg.ray_address or None, cfg.num_cpus or max(os.cpu_count() or 1, int(need + 0.999)), progress=False)
+    shards = cfg.shards_path()
+    cfg.start_ray()
     settings = EncodeSettings(actors=cfg.encode_actors, gpus=cfg.encode_gpus, pitch_shifts=tuple(cfg.encode_pitch_shifts))
     folder, cache_facts = get_or_build(shards, upstream["vqvae"], tracking.uri, settings, cfg.codes_dir)
     source_args = {"cache": str(folder), "n_ctx": model.n_ctx, "seed": cfg.data_seed}
-    lineage = {"vqvae": f"models:/{upstream['vqvae'].name}/{upstream['vqvae'].version}", "code_cache": cache_facts["code_cache"],
+    lineage = {"vqvae": upstream["vqvae"].uri, "code_cache": cache_facts["code_cache"],
                "vocab_version": upstream["vocab_version"], "shards": str(shards)}
     if settings.pitch_shifts:
         lineage["pitch_shifts"] = list(settings.pitch_shifts)
     facts = {"code_cache": cache_facts}
     if model.upsampler is not None:
         upper_folder, upper_facts = get_or_build(shards, upstream["upper_vqvae"], tracking.uri, settings, cfg.codes_dir)
-        source_args.update(upper_cache=str(upper_folder), ratio=LEVEL_HOPS[UPPER[cfg.level]] // LEVEL_HOPS[cfg.level])
-        lineage.update(upper_vqvae=f"models:/{upstream['upper_vqvae'].name}/{upstream['upper_vqvae'].version}",
-                       upper_code_cache=upper_facts["code_cache"])
+        source_args.update(upper_cache=str(upper_folder), ratio=levels.ratio(cfg.level))
+        lineage.update(upper_vqvae=upstream["upper_vqvae"].uri, upper_code_cache=upper_facts["code_cache"])
         facts["upper_code_cache"] = upper_facts
     if model.lyrics is not None:
         source_args.update(shards=str(shards), n_chars=model.lyrics.encoder.n_ctx)
@@ -207,13 +181,9 @@ def train_prior(cfg: TrainPriorConfig) -> dict:
     card_extra = {"vocab_version": upstream["vocab_version"], "vqvae": lineage["vqvae"], "upper_vqvae": lineage.get("upper_vqvae", ""),
                   "vocab": upstream["vocab"]}
     task = PriorTask(model, source_args, cfg.holdout, card_extra=card_extra, lineage=lineage)
-    spec = TrainSpec(task, task.source(), rt, cfg.optim, cfg.checkpoint, tracking, job_started=job_started)
-    summary = train_and_register(spec, level=cfg.level)
-    summary.update(level=cfg.level, lineage=lineage, **facts)
+    summary = launch(cfg, task, tracking, job_started)
+    summary.update(lineage=lineage, **facts)
     return summary
 
 
-def main_summary(cfg: TrainPriorConfig) -> dict:
-    summary = train_prior(cfg)
-    print(json.dumps(summary, indent=1, default=str))
-    return summary
+main_summary = print_summary(train_prior)

@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.levels import LEVELS
 from models.prior import Prior, PriorConfig
-from pipeline.train.runtime import TrainingTask
+from pipeline.train.protocol import TrainingTask
 from pipeline.train.sources import PriorWindows
 
-LEVEL_NAMES = {0: "bottom", 1: "middle", 2: "top"}
 EVAL_STREAM = 2 ** 32 - 3
 
 
@@ -60,7 +60,7 @@ class PriorTask(TrainingTask):
         return out
 
     def card(self) -> dict[str, Any]:
-        return {"family": "prior", "level": LEVEL_NAMES[self.model.level], "bins": self.model.bins,
+        return {"family": "prior", "level": LEVELS[self.model.level], "bins": self.model.bins,
                 "hop_length": self.model.hop_length, "sample_rate": self.model.sample_rate, "n_ctx": self.model.n_ctx,
                 "lyrics": self.model.lyrics is not None, "config": dataclasses.asdict(self.model), "holdout": self.holdout,
                 **self.card_extra, "lineage": self.lineage}

@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.levels import LEVELS
 from models.losses import LossScales, mean_spectral_norm, spectral_convergence_db, vqvae_loss
-from models.vqvae import LEVELS, VQVAE, VQVAEConfig
+from models.vqvae import VQVAE, VQVAEConfig
 from pipeline.audio import TARGET_SAMPLE_RATE
 from pipeline.data.audio_windows import WindowSampler
-from pipeline.train.runtime import TrainingTask
+from pipeline.train.protocol import TrainingTask
 from pipeline.train.sources import VQVAEWindows
 
 SCALES_STREAM = 2 ** 32 - 1  # a window stream no training step draws from

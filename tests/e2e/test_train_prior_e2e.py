@@ -79,8 +79,8 @@ def test_tiny_top_prior_with_lyrics_trains_on_two_workers_and_registers_with_lin
 
 
 def test_the_code_cache_is_reused_for_a_version_and_rebuilt_for_a_new_one(upstream):
+    from pipeline.data.encode import get_or_build
     from pipeline.registry import download
-    from pipeline.train.encode import get_or_build
 
     first = download(upstream["versions"]["top"], tracking_uri=upstream["db"])
     folder, facts = get_or_build(upstream["shards"], first, upstream["db"], root=upstream["work"] / "codes")
@@ -95,8 +95,8 @@ def test_a_pitch_shifted_cache_adds_variants_for_training_only(upstream):
     import numpy as np
 
     from pipeline.data.code_cache import CodeCache, variant_key
+    from pipeline.data.encode import EncodeSettings, get_or_build
     from pipeline.registry import download
-    from pipeline.train.encode import EncodeSettings, get_or_build
     from pipeline.train.sources import PriorWindows
 
     first = download(upstream["versions"]["top"], tracking_uri=upstream["db"])

@@ -14,8 +14,9 @@ import pytest
 import torch
 from toy_training import ToySource, ToyTask, toy_spec
 
+from pipeline.train.export import export_safetensors
 from pipeline.train.run import NonFiniteLoss, train_and_register
-from pipeline.train.weights import INDEX_FILE, export_safetensors, load_safetensors
+from pipeline.weights import INDEX_FILE, load_safetensors
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]

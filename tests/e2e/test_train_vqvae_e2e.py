@@ -10,8 +10,9 @@ import torch
 from models.vqvae import TINY
 from pipeline.config import from_dict
 from pipeline.registry import RegistryError, load_model
+from pipeline.train.export import export_safetensors
 from pipeline.train.vqvae_job import TrainVQVAEConfig, train_vqvae
-from pipeline.train.weights import export_safetensors, load_safetensors
+from pipeline.weights import load_safetensors
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,7 +117,7 @@ def test_a_level_trains_registers_and_logs(shards, mlflow_db, tmp_path, level, s
     import mlflow
 
     from pipeline.data.audio_windows import WindowSampler
-    from pipeline.train.runtime import bf16_supported
+    from pipeline.train.engine import bf16_supported
     from pipeline.train.vqvae_task import VQVAETask, estimate_loss_scales
 
     autocast = autocast if bf16_supported("cpu") else "off"

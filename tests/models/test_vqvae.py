@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from models.codebook import EMACodebook
+from models.levels import LEVELS
 from models.losses import LossScales, spectral_convergence_db, spectral_distance, vqvae_loss
-from models.vqvae import LEVELS, PAPER, TINY, VQVAE, count_parameters
+from models.vqvae import PAPER, TINY, VQVAE, count_parameters
 
 # the original implementation's counts at the paper's hyperparameters (encoder, decoder)
 ORIGINAL = {"bottom": (441_856, 458_177), "middle": (116_384, 124_641), "top": (168_224, 176_481)}

@@ -62,7 +62,8 @@ def test_bounds_of_the_other_jobs():
 
 
 def test_defaults_outlive_a_submitted_jobs_working_dir(monkeypatch, tmp_path):
-    from pipeline.services import PROJECT_ROOT, runs_dir, tracking_uri
+    from pipeline.services import PROJECT_ROOT, runs_dir
+    from pipeline.tracking import tracking_uri
     from pipeline.train.config import CheckpointConfig
 
     monkeypatch.delenv("JUKEBOX_RUNS_DIR", raising=False)

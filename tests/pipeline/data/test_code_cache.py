@@ -77,7 +77,7 @@ def test_windows_refuse_a_cache_without_a_song_as_long_as_the_context(tmp_path):
 
 def test_chunked_encoding_equals_encoding_the_whole_song(tmp_path):
     from models.vqvae import TINY, VQVAE
-    from pipeline.train.encode import EncodeSettings, EncodeSongs
+    from pipeline.data.encode import EncodeSettings, EncodeStage
 
     class Reader:  # a song of 98 top-level tokens: 3 chunks of 4096 samples and a part
         songs = {"s": {"num_samples": 12_544}}
@@ -95,8 +95,8 @@ def test_chunked_encoding_equals_encoding_the_whole_song(tmp_path):
     with torch.no_grad():  # codes = the song's own encoder outputs, so neighbouring frames get different codes
         z = model.encoder(whole_audio.transpose(1, 2))[0].t()
         model.codebook.codes.copy_(torch.cat([z, 100 + torch.randn(256 - len(z), z.shape[1])]))
-    encoder = EncodeSongs.__new__(EncodeSongs)
-    encoder.model, encoder.hop, encoder.device, encoder.reader = model, 128, torch.device("cpu"), Reader()
+    encoder = EncodeStage.__new__(EncodeStage)  # set up by hand: the model and reader above instead of the registry's
+    encoder.model, encoder.hop, encoder.device, encoder.reader, encoder._ready = model, 128, torch.device("cpu"), Reader(), True
     encoder.settings = EncodeSettings(chunk_samples=4096)  # the default context either side
     chunked = encoder.encode_song("s")
     whole = model.encode(whole_audio)[0].numpy()

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.train.runtime import PROGRESS_FILE, read_progress
-from pipeline.train.weights import checkpoint_tensors, weights_only_loads
+from pipeline.train.checkpointing import PROGRESS_FILE, read_progress
+from pipeline.train.export import checkpoint_tensors
+from pipeline.weights import weights_only_loads
 
 
 class Payload:

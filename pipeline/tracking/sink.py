@@ -19,6 +19,8 @@ import time
 from collections import deque
 from pathlib import Path
 
+from pipeline.tracking import unreachable
+
 log = logging.getLogger(__name__)
 BATCH = 1000  # MLflow's per-call limit for metrics
 
@@ -114,8 +116,6 @@ class MetricsSink:
                 while self._send_one():
                     pause, self.failing = 1.0, False
             except Exception as exc:  # the server is away: keep the data, try again later
-                from pipeline.train.run import unreachable
-
                 if not unreachable(exc):  # a call MLflow refuses would be refused again: drop it, count it
                     log.warning("MLflow refused a call (%s: %s); dropped", type(exc).__name__, str(exc)[:200])
                     with self.lock:

@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench import baselines  # noqa: E402
 from bench.bench_vqvae_learning import real_shards  # noqa: E402
 from bench.common import apply_sets, realdata_work, save, song_ids, song_shards  # noqa: E402
 from pipeline.tables import format_table  # noqa: E402
@@ -123,30 +124,6 @@ def heldout_bits(registered: str, db: str, source_args: dict, span: tuple[float,
     return {"heldout_bits_per_token": round(total / count, 4), "heldout_tokens": count, "heldout_windows": len(windows)}
 
 
-def unigram(cache_folder: str, heldout_cache: str = "") -> dict:
-    """Unigram entropy of the held-out codes, and the cross-entropy of the training codes' unigram
-    on them. Held out: the last 20 % of every song, or (``heldout_cache``) all of another cache."""
-    from pipeline.data.code_cache import CodeCache, split_key
-
-    cache = CodeCache(cache_folder)
-    train, held = [], []
-    for key, song in cache.songs.items():
-        cut = len(song.codes) if heldout_cache else int(len(song.codes) * (1 - HOLDOUT))
-        train.append(song.codes[:cut])
-        if not split_key(key)[1]:  # a pitch-shifted copy is training data, never held out
-            held.append(song.codes[cut:])
-    if heldout_cache:
-        held = [song.codes for song in CodeCache(heldout_cache).songs.values()]
-    train, held = np.concatenate(train).astype(np.int64), np.concatenate(held).astype(np.int64)
-    bins = int(max(train.max(), held.max())) + 1
-    p_held = np.bincount(held, minlength=bins) / len(held)
-    p_train = (np.bincount(train, minlength=bins) + 0.5) / (len(train) + 0.5 * bins)  # add-half smoothing: no zero
-    entropy = float(-(p_held[p_held > 0] * np.log2(p_held[p_held > 0])).sum())
-    cross = float(-(p_held[p_held > 0] * np.log2(p_train[p_held > 0])).sum())
-    return {"unigram_entropy_heldout_bits": round(entropy, 4), "unigram_train_on_heldout_bits": round(cross, 4),
-            "codes_in_use_heldout": int((p_held > 0).sum())}
-
-
 def train(level: str, shards: Path, db: str, work: Path, minutes: float, batch: int, extra: dict | None = None) -> dict:
     from pipeline.config import from_dict
     from pipeline.train.prior_job import TrainPriorConfig, train_prior
@@ -167,7 +144,7 @@ def train(level: str, shards: Path, db: str, work: Path, minutes: float, batch: 
         args.update(shards=str(shards), n_chars=model.lyrics.encoder.n_ctx)
     result = {"registered": summary["registered"], "steps": steps, "batch": batch, "job_wall_s": round(time.time() - started, 1),
               "train_bits_per_token_last_log": summary["final_metrics"].get("bits_per_token"),
-              **heldout_bits(summary["registered"], db, args), **unigram(args["cache"])}
+              **heldout_bits(summary["registered"], db, args), **baselines.unigram(args["cache"], holdout=HOLDOUT)}
     print(level, extra or "", result, flush=True)
     return result
 
@@ -213,66 +190,20 @@ def leave_one_out(work: Path, minutes: float, vqvae_steps: int, batch: int, timi
         model = from_dict(TrainPriorConfig, base).model_config()
         args = {"cache": str(unseen_cache), "n_ctx": model.n_ctx, "shards": str(test_shards), "n_chars": model.lyrics.encoder.n_ctx}
         train_cache = str(fold / "codes" / summary["lineage"]["code_cache"].split(":")[0])
-        train_codes, held_codes = song_codes(train_cache), song_codes(str(unseen_cache))  # read once for both references
+        # read once for both references
+        train_codes, held_codes = baselines.song_codes(train_cache), baselines.song_codes(str(unseen_cache))
         bins = int(max(max(c.max() for c in train_codes), max(c.max() for c in held_codes))) + 1
         result = {"unseen_song": unseen, "timing": timing, "sets": list(sets), "registered": summary["registered"],
                   "vqvae": vq["registered"], "steps": fold_steps,
                   "batch": batch, "job_wall_s": round(time.time() - started, 1),
                   "train_bits_per_token_last_log": summary["final_metrics"].get("bits_per_token"),
                   **heldout_bits(summary["registered"], db, args, span=(0.0, 1.0), unknown_labels=True),
-                  **unigram(train_cache, heldout_cache=str(unseen_cache)), **bigram(train_codes, held_codes, bins),
-                  **in_context(train_codes, held_codes, bins, model.n_ctx)}
+                  **baselines.unigram(train_cache, heldout_cache=str(unseen_cache)), **baselines.bigram(train_codes, held_codes, bins),
+                  **baselines.in_context(train_codes, held_codes, bins, model.n_ctx)}
         result["below_unigram_entropy"] = round(1 - result["heldout_bits_per_token"] / result["unigram_entropy_heldout_bits"], 4)
         print("fold", result, flush=True)
         results.append(result)
     return results
-
-
-def song_codes(cache_folder: str) -> list[np.ndarray]:
-    """Every row's codes of a complete code cache, as int64."""
-    from pipeline.data.code_cache import CodeCache
-
-    return [s.codes.astype(np.int64) for s in CodeCache(cache_folder).songs.values()]
-
-
-def train_bigram(train: list[np.ndarray], bins: int, alpha: float = 0.1) -> np.ndarray:
-    """(bins, bins) next-code probabilities counted on the training codes, add-alpha smoothed."""
-    counts = np.full((bins, bins), alpha)
-    for c in train:
-        np.add.at(counts, (c[:-1], c[1:]), 1)
-    return counts / counts.sum(1, keepdims=True)
-
-
-def bigram(train: list[np.ndarray], held: list[np.ndarray], bins: int) -> dict:
-    """A reference: the held-out bits per token of a bigram model counted on the training codes."""
-    probs = train_bigram(train, bins)
-    return {"bigram_train_on_heldout_bits": round(float(np.concatenate([-np.log2(probs[c[:-1], c[1:]]) for c in held]).mean()), 4)}
-
-
-def in_context(train: list[np.ndarray], held: list[np.ndarray], bins: int, n_ctx: int, beta: float = 64.0,
-               gamma: float = 8.0) -> dict:
-    """A reference that learns inside each window, as a prior can: the held-out bits per token when
-    every window's own counts so far (unigram, then bigram) are mixed with the training bigram.
-    ``p(x | a) = (n_w(a, x) + gamma u_t(x)) / (n_w(a) + gamma)``, ``u_t = (n_w(x) + beta b(x | a)) / (t + beta)``,
-    with n_w the counts in the window before t and b the bigram counted on the training codes.
-    beta and gamma were the best of a small grid (1-64, 0.5-8) on every fold."""
-    bigram_probs = train_bigram(train, bins)
-    train_unigram = (np.bincount(np.concatenate(train), minlength=bins) + 0.5) / (sum(map(len, train)) + 0.5 * bins)
-    bits, n = 0.0, 0
-    for codes in held:
-        for start in range(0, len(codes) - n_ctx + 1, n_ctx):
-            window, seen, pairs = codes[start:start + n_ctx], np.zeros(bins), np.zeros((bins, bins))
-            for t, x in enumerate(window):
-                base = train_unigram if t == 0 else bigram_probs[window[t - 1]]
-                p = (seen + beta * base) / (t + beta)
-                if t:
-                    row = pairs[window[t - 1]]
-                    p = (row + gamma * p) / (row.sum() + gamma)
-                    pairs[window[t - 1], x] += 1
-                bits -= np.log2(p[x])
-                seen[x] += 1
-                n += 1
-    return {"in_context_bigram_on_heldout_bits": round(float(bits / n), 4)}
 
 
 def main() -> None:
@@ -304,10 +235,10 @@ def main() -> None:
                             for f in folds]))
         mean = float(np.mean([f["below_unigram_entropy"] for f in folds]))
         print(f"mean below the unigram entropy: {mean:.1%} (target 20 %)")
-        name = "prior_learning_leave_one_out" + ("" if args.top_timing == "true" else "_timing_false")
-        name += f"_{args.name}" if args.name else ""
-        print(save(name, {"config": vars(args), "folds": folds, "mean_below_unigram_entropy": round(mean, 4),
-                                                   "target": 0.20, "met": mean >= 0.20}))
+        variant = "leave_one_out" + ("" if args.top_timing == "true" else "_timing_false")
+        variant += f"_{args.name}" if args.name else ""
+        print(save("prior_learning", {"config": vars(args), "folds": folds, "mean_below_unigram_entropy": round(mean, 4),
+                                      "target": 0.20, "met": mean >= 0.20}, variant))
         return
     shards = real_shards(work)
     db = f"sqlite:///{work / 'mlflow.db'}"
@@ -319,8 +250,8 @@ def main() -> None:
         below = 1 - top["heldout_bits_per_token"] / top["unigram_entropy_heldout_bits"]
         print(f"top prior (timing {args.top_timing}): {top['heldout_bits_per_token']} bits/token held out, "
               f"{below:.1%} below the entropy {top['unigram_entropy_heldout_bits']} (target 20 %)")
-        print(save(f"prior_learning_top_timing_{args.top_timing}", {"config": vars(args), "holdout": HOLDOUT, "vqvaes": vqvaes,
-                                                                    "top": top, "below_unigram_entropy": round(below, 4)}))
+        print(save("prior_learning", {"config": vars(args), "holdout": HOLDOUT, "vqvaes": vqvaes, "top": top,
+                                      "below_unigram_entropy": round(below, 4)}, f"top_timing_{args.top_timing}"))
         return
     with_cond = train("middle", shards, db, work, args.upsampler_minutes, args.batch)
     without = train("middle", shards, db, work, args.upsampler_minutes, args.batch, {"model": {"conditioner": False}})
@@ -333,7 +264,7 @@ def main() -> None:
     rows = [row("top prior (lyrics)", top), row("middle, conditioner", with_cond), row("middle, no conditioner", without)]
     print(format_table(["model", "steps", "held-out bits/token", "unigram H (held-out)", "unigram (train) on held-out",
                         "below H"], rows))
-    path = save("prior_learning", {
+    path = save("prior_learning", variant="held_out_span", payload={
         "config": vars(args), "holdout": HOLDOUT, "vqvaes": vqvaes, "top": top, "middle_with_conditioner": with_cond,
         "middle_without_conditioner": without,
         "targets": {"top_heldout_below_unigram_entropy": round(below, 4), "top_target": 0.20, "top_met": below >= 0.20,

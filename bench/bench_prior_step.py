@@ -15,10 +15,8 @@ code is timed by ../shared/peer/run.sh in the same sitting and the ratios are re
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,8 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.bench_vqvae_step import matmul_ceiling  # noqa: E402
-from bench.common import save  # noqa: E402
+from bench.common import matmul_ceiling, peer, save  # noqa: E402
 from models.prior import Prior, PriorConfig  # noqa: E402
 from models.transformer import TransformerConfig  # noqa: E402
 from pipeline.tables import format_table  # noqa: E402
@@ -91,12 +88,6 @@ def time_training(cfg: PriorConfig, steps: int, batch: int, compiled: bool, bf16
             "flops_per_step": counter.get_total_flops(), "params": sum(p.numel() for p in model.parameters())}
 
 
-def run_peer(git_dir: str) -> dict:
-    out = subprocess.run(["bash", str(ROOT.parent / "shared" / "peer" / "run.sh"), git_dir, "--only", "b_", "--no-selfcheck"],
-                         cwd=ROOT, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -126,9 +117,9 @@ def main() -> None:
         result["train_bf16"] = bf16 = time_training(cfg, args.steps, args.batch, compiled=True, bf16=True)
         rows.append(["ours, compiled + bf16 autocast (not fp32)", f"{bf16['step_s']:.3f} s", f"{bf16['flops_per_step'] / 1e9:.1f}", ""])
     if args.peer:
-        peer = run_peer(args.peer)
-        result["peer"] = peer
-        b = peer["summary"]["b_prior_top_factorized_train"]
+        original = peer(args.peer, "b_")
+        result["peer"] = original
+        b = original["summary"]["b_prior_top_factorized_train"]
         peer_step = b["median_s"]
         result["ratios"] = {"train_step_speedup": peer_step / train["step_s"], "train_step_speedup_eager": peer_step / eager["step_s"]}
         if "train_bf16" in result:

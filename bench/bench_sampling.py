@@ -15,10 +15,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +30,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import torch  # noqa: E402
 
 from bench.bench_prior_step import config as reference_config  # noqa: E402
-from bench.common import save  # noqa: E402
+from bench.common import peer, save  # noqa: E402
 from models.prior import Prior  # noqa: E402
 from models.sampling import SamplingSettings, TokenSampler  # noqa: E402
 from pipeline.tables import format_table  # noqa: E402
@@ -55,12 +53,6 @@ def time_tokens(prior: Prior, batch: int, threads: int, compiled: bool, tokens: 
     seconds = statistics.median(times)
     return {"batch": batch, "threads": threads, "compiled": compiled, "tokens": tokens, "seconds": seconds, "all_seconds": times,
             "first_window_s": first, "ms_per_step": 1000 * seconds / tokens, "tokens_per_s": batch * tokens / seconds}
-
-
-def run_peer(git_dir: str) -> dict:
-    out = subprocess.run(["bash", str(ROOT.parent / "shared" / "peer" / "run.sh"), git_dir, "--only", "c_", "--no-selfcheck"],
-                         cwd=ROOT, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
 
 
 def whole_song(seconds: float, workers: int, store: dict, out: Path) -> dict:
@@ -104,9 +96,9 @@ def main() -> None:
              f"{r['tokens_per_s']:,.0f}", f"{r['first_window_s']:.1f}"] for r in runs]
     best1 = max((r for r in runs if r["batch"] == 1), key=lambda r: r["tokens_per_s"])
     if args.peer:
-        peer = run_peer(args.peer)
-        ms = peer["summary"]["c_prior_top_sample_kvcache"]["ms_per_token_median"]
-        result["peer"] = peer
+        original = peer(args.peer, "c_")
+        ms = original["summary"]["c_prior_top_sample_kvcache"]["ms_per_token_median"]
+        result["peer"] = original
         result["speedup_batch1"] = best1["tokens_per_s"] / (1000 / ms)
         rows.append(["original 2020", 1, 2, f"{ms:.3f}", f"{1000 / ms:,.0f}", ""])
     print(f"reference prior (context 2048, width 256, depth 8, 2 heads), {args.tokens} tokens, OMP_WAIT_POLICY="

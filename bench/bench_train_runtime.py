@@ -234,7 +234,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--only", choices=("memory", "startup"), default=None)
     ap.add_argument("--stages", default="0,2,3,3o", help="which of 0, 2, 3, 3o (3 + offload)")
-    ap.add_argument("--tag", default="", help="suffix of the results file (bench/results/train_runtime<tag>.json)")
+    ap.add_argument("--tag", default="", help="suffix of the sitting's variant in bench/results/train_runtime.json")
     ap.add_argument("--one-stage", default="", help=argparse.SUPPRESS)  # internal: one configuration in this process
     ap.add_argument("--startup-repeats", type=int, default=3)
     ap.add_argument("--model", choices=("blockstack", "upsampler"), default="blockstack",
@@ -294,7 +294,7 @@ def main() -> None:
                            + [[r["config"], "failed: " + r["failed"][:60], "", "", "", "", "", "", ""] for r in runs if "failed" in r]))
         result.update(memory=runs, params=params, model=described)
     # --only startup keeps its own file: the memory table of a full run stays
-    print(save(f"train_runtime{'_startup' if args.only == 'startup' else ''}{args.tag}", result))
+    print(save("train_runtime", result, f"{'startup' if args.only == 'startup' else 'memory'}{args.tag}"))
 
 
 if __name__ == "__main__":

@@ -164,7 +164,7 @@ def main() -> None:
     ap.add_argument("--holdout", type=float, default=0.2, help="held-out-span: the last fraction of every song")
     ap.add_argument("--crops", type=int, default=16, help="evaluation crops (per fold for leave-one-out)")
     ap.add_argument("--work", default="", help="folder for shards and runs (default: a temporary one)")
-    ap.add_argument("--name", default="", help="suffix of the results file")
+    ap.add_argument("--name", default="", help="suffix of the sitting's variant in bench/results/vqvae_learning.json")
     args = ap.parse_args()
     work = realdata_work(args.work, "vqvae-learning-")
     target = {"spectral_convergence_db": -16.0, "codes_in_use": 1800}
@@ -182,7 +182,7 @@ def main() -> None:
         print(format_table(["measure", "ours", "target", "original 2020"], rows))
         print(f"steps {args.steps}, median step {result['step_seconds_median']} s, data wait {result['data_wait_seconds']} s, "
               f"job wall {result['job_seconds']} s")
-        print(save("vqvae_learning" + args.name, result))
+        print(save("vqvae_learning", result, "held_out_span" + args.name))
         return
     from bench.common import song_ids, song_shards
 
@@ -207,7 +207,7 @@ def main() -> None:
             for f in folds] + [["mean", mean_sc, mean_codes, "", ""]]
     print(format_table(["unseen song", "spectral convergence (dB)", "codes in use", "training s", "steps"], rows))
     print(f"target: mean <= -16 dB with >= 1,800 codes; met: {mean_sc <= -16.0 and mean_codes >= 1800}")
-    print(save("vqvae_learning_leave_one_out" + args.name,
+    print(save("vqvae_learning", variant="leave_one_out" + args.name, payload=
                {"protocol": "leave-one-song-out: trained on two songs, measured on crops of the third (the target's test)",
                 "folds": folds, "mean_spectral_convergence_db": mean_sc, "mean_codes_in_use": mean_codes, "target": target,
                 "meets_target": mean_sc <= -16.0 and mean_codes >= 1800}))

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.common import REALDATA, save  # noqa: E402
+from bench.common import REALDATA, matmul_ceiling, save  # noqa: E402
 from models.losses import LossScales, mean_spectral_norm, vqvae_loss  # noqa: E402
 from models.vqvae import VQVAE, VQVAEConfig  # noqa: E402
 from pipeline.tables import format_table  # noqa: E402
@@ -51,17 +51,6 @@ def real_batches(n: int, batch: int, length: int, seed: int = 0) -> list[torch.T
         else:
             out.append(torch.randn(batch, length, 1) * 0.1)
     return out
-
-
-def matmul_ceiling(size: int = 2048, reps: int = 5) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    best = 0.0
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        best = max(best, 2 * size ** 3 / (time.perf_counter() - t))
-    return best
 
 
 VARIANTS = {  # name: (torch.compile, bf16 autocast) -- the job's --runtime.compile and --runtime.autocast

@@ -1,4 +1,5 @@
-"""Shared helpers for the benchmarks: corpora, machine-wide CPU accounting, result files."""
+"""Shared helpers for the benchmarks: the machine, result files (one per benchmark, its sittings
+inside), the real-songs corpus, the matmul ceiling, and the original 2020 code's timings."""
 
 from __future__ import annotations
 
@@ -13,16 +14,69 @@ RESULTS = ROOT / "bench" / "results"
 REALDATA = ROOT.parent / "shared" / "realdata" / "jamendo"
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def machine() -> dict:
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "platform": platform.platform(),
+            "python": platform.python_version(), "when": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def save(name: str, payload: dict) -> Path:
+def save(bench: str, payload: dict, variant: str = "") -> Path:
+    """Add this sitting to ``bench/results/<bench>.json`` (every sitting of a benchmark in one file,
+    newest last; ``variant`` names a protocol or setting of the same benchmark)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **payload}, indent=1))
+    path = RESULTS / f"{bench}.json"
+    record = json.loads(path.read_text()) if path.exists() else {"benchmark": bench, "sittings": []}
+    record["sittings"].append({"variant": variant, "machine": machine(), **payload})
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
     return path
+
+
+def latest(bench: str, variant: str = "") -> dict | None:
+    """The newest sitting of a benchmark (of one variant), or None."""
+    path = RESULTS / f"{bench}.json"
+    if not path.exists():
+        return None
+    found = [s for s in json.loads(path.read_text())["sittings"] if s.get("variant", "") == variant]
+    return found[-1] if found else None
+
+
+def matmul_ceiling(size: int = 2048, reps: int = 5) -> float:
+    """The best FLOP/s of a few fp32 ``size``-square matmuls on this process's threads: what MFU is measured against."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = 0.0
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = max(best, 2 * size ** 3 / (time.perf_counter() - t))
+    return best
+
+
+PEER_ENV = "JUKEBOX_PEER_HARNESS"  # a script that runs the original 2020 code unmodified: <script> <git dir> --only <config>
+
+
+def peer(git_dir: str, config: str) -> dict:
+    """The original 2020 Jukebox code's timings of one reference ``config`` (a_, b_ or c_), run in this sitting
+    by the harness that ``$JUKEBOX_PEER_HARNESS`` names (default: ``peer/run.sh`` in the folder beside the checkout)."""
+    import subprocess
+
+    harness = os.environ.get(PEER_ENV) or str(ROOT.parent / "shared" / "peer" / "run.sh")
+    out = subprocess.run(["bash", harness, git_dir, "--only", config, "--no-selfcheck"], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout)
 
 
 def song_ids() -> list[str]:
@@ -43,16 +97,14 @@ def song_shards(work: Path, name: str, ids: list[str]) -> Path:
     sys.path.insert(0, str(ROOT / "tests"))
     from corpus import write_jamendo_manifest
 
+    from pipeline.demo_corpus import write_manifest
+
     out = work / f"shards-{name}"
     if not (out / "summary.json").exists():
         full = write_jamendo_manifest(work / "corpus")
         with open(full, newline="", encoding="utf-8") as fh:
             rows = [r for r in csv.DictReader(fh) if r["id"] in ids]
-        manifest = work / f"manifest-{name}.csv"
-        with open(manifest, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        manifest = write_manifest(work / f"manifest-{name}.csv", rows)
         subprocess.run([sys.executable, str(ROOT / "jobs" / "preprocess.py"), "--input", str(manifest), "--output", str(out),
                         "--progress", "false", "--align.aligner", "linear", "--mlflow_tracking_uri", f"sqlite:///{work / 'pre.db'}"],
                        check=True, cwd=ROOT, capture_output=True)

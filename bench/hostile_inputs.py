@@ -1,5 +1,5 @@
 """The hostile-input matrix (issue 13), run through the real preprocessing job: what happened to
-each input, with the counts in and out. RELIABILITY.md is written from its output.
+each input, with the counts in and out. docs/reliability.md is written from its output.
 
 Builds tests/corpus.py's broken corpus (the demo songs plus every hostile kind the e2e test
 checks), runs ``jobs/preprocess.py`` on it, then a rerun, and prints one row per input.

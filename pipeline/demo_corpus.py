@@ -157,12 +157,16 @@ def make_demo_corpus(folder: str | Path, songs: int = 4, seconds: float = 20.0, 
         writer = csv.writer(fh)
         writer.writerow(["mix_path", "vocals_path", "accompaniment_path"])
         writer.writerows([[f"stems/{r['id']}.{k}.wav" for k in ("mix", "vocals", "accompaniment")] for r in rows])
-    manifest = folder / "manifest.csv"
-    with open(manifest, "w", newline="", encoding="utf-8") as fh:
+    return write_manifest(folder / "manifest.csv", rows)
+
+
+def write_manifest(path: Path, rows: list[dict]) -> Path:
+    """A manifest CSV of ``rows`` (the columns of the first row)."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    return manifest
+    return path
 
 
 def main() -> None:

@@ -71,7 +71,7 @@ def make_broken_corpus(folder: Path, songs: int = 3, seconds: float = 8.0) -> tu
 
 
 # Each hostile kind, the stage that must quarantine it and words its reason must hold (issue 13);
-# RELIABILITY.md lists them with what the run did.
+# docs/reliability.md lists them with what the run did.
 HOSTILE_REASONS = {
     "bomb_655khz_8ch.flac": "sample rate 655350 Hz is outside", "rate_1hz.wav": "sample rate 1 Hz is outside",
     "rate_768khz.wav": "sample rate 768000 Hz is outside", "nine_channels.wav": "9 channels",
@@ -122,9 +122,6 @@ def write_jamendo_manifest(folder: Path) -> Path:
     rows = [{"path": str(REALDATA / "mp3" / m["Filepath"]), "artist": m["Artist"], "genre": m["Genre"],
              "lyrics": str(REALDATA / "lyrics" / (Path(m["Filepath"]).stem + ".txt")), "title": m["Title"],
              "language": m["Language"], "id": Path(m["Filepath"]).stem} for m in meta]
-    out = folder / "jamendo_manifest.csv"
-    with open(out, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return out
+    from pipeline.demo_corpus import write_manifest
+
+    return write_manifest(folder / "jamendo_manifest.csv", rows)

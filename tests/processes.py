@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def listening_addresses(pid: int) -> set[str]:
@@ -21,3 +29,24 @@ def listening_addresses(pid: int) -> set[str]:
 
 def all_loopback(addresses: set[str]) -> bool:
     return bool(addresses) and all(ipaddress.ip_address(a.removeprefix("::ffff:")).is_loopback for a in addresses)
+
+
+def start_mlflow(root: Path, port: int) -> subprocess.Popen:
+    """A real ``mlflow server`` (``infra/mlflow-server.sh``) on 127.0.0.1:``port``, once it answers."""
+    proc = subprocess.Popen(["bash", str(ROOT / "infra" / "mlflow-server.sh")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env={**os.environ, "MLFLOW_ROOT": str(root), "MLFLOW_PORT": str(port)})
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
+                return proc
+        except OSError:
+            time.sleep(0.5)
+    stop(proc)
+    raise RuntimeError("mlflow server did not start")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a process started in its own session, by its process group."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.align import WORD_RE, Aligner, AlignerUnavailable, AlignInput, Alignment, finish_alignment, word_starts
+from pipeline.align.base import WORD_RE, Aligner, AlignerUnavailable, AlignInput, Alignment, finish_alignment, word_starts
 from pipeline.align.dtw import char_onsets_from_words
 
 

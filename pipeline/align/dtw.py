@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.align import Aligner, AlignerUnavailable, AlignInput, Alignment, finish_alignment, word_starts
+from pipeline.align.base import Aligner, AlignerUnavailable, AlignInput, Alignment, finish_alignment, word_starts
 from pipeline.align.tts import Espeak, Speech
 
 FEATURE_RATE = 16_000

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.align import AlignerUnavailable
+from pipeline.align.base import AlignerUnavailable
 from pipeline.align.language import ESPEAK_VOICES, normalise_language
 
 _WORKER = Path(__file__).with_name("_espeak_worker.py")

@@ -45,6 +45,9 @@ class EncodeStage(RowStage):
         super().__init__()
         self.vqvae_uri, self.tracking_uri, self.shards, self.settings = vqvae_uri, tracking_uri, shards, settings
 
+    def resources(self) -> dict[str, float]:
+        return {"num_cpus": self.settings.cpus, "num_gpus": self.settings.gpus}
+
     def setup(self) -> None:
         import torch
 
@@ -145,9 +148,10 @@ def _encode(todo: list[str], vqvae, tracking_uri: str, shards: Path, settings: E
         from pipeline.services import init_ray
 
         init_ray(None, max(2, int(settings.actors * settings.cpus + 1.999)), progress=False)
+    args = dict(vqvae_uri=vqvae.uri, tracking_uri=tracking_uri, shards=str(shards), settings=settings)
+    resources = EncodeStage(**args).resources()  # set-up is lazy: nothing is loaded here
     ds = ray.data.from_items([{"song_id": k, "status": "ok"} for k in todo], override_num_blocks=len(todo)).map_batches(
-        EncodeStage, fn_constructor_kwargs=dict(vqvae_uri=vqvae.uri, tracking_uri=tracking_uri, shards=str(shards),
-                                                settings=settings),
-        batch_size=EncodeStage.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=settings.actors),
-        num_cpus=settings.cpus, num_gpus=settings.gpus or None)
+        EncodeStage, fn_constructor_kwargs=args, batch_size=EncodeStage.batch_size, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=settings.actors), num_cpus=resources["num_cpus"],
+        num_gpus=resources["num_gpus"] or None)
     yield from ds.iter_rows()

@@ -35,6 +35,10 @@ class RowStage:
     def __init__(self) -> None:
         self._ready = False
 
+    def resources(self) -> dict[str, float]:
+        """What one worker of this stage reserves (Ray's ``num_cpus`` / ``num_gpus``)."""
+        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+
     def setup(self) -> None:
         """Load models / build state once per worker."""
 

@@ -1,11 +1,17 @@
-"""The corpus report: plots and a table a person reads after a run (logged to MLflow)."""
+"""The corpus report (plots a person reads after a run) and the run's record in MLflow."""
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.config import flatten
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -40,3 +46,32 @@ def write_report(songs: list[dict[str, Any]], folder: Path) -> list[Path]:
     return paths
 
 
+def log_run(cfg, out: Path, summary: dict[str, Any], manifest_text: str, vocab: dict, songs: list[dict[str, Any]],
+            outcomes: list[dict[str, Any]]) -> str:
+    """The run's record in MLflow; an unreachable server is waited out (``pipeline.tracking``)."""
+    from pipeline.tracking import TrackedRun
+
+    tags = {"output": str(out), "preprocess_run_id": summary["run_id"], "manifest_sha256": summary["manifest_sha256"],
+            "vocab_version": str(summary["vocab_version"]), "separator": summary["separator"]["name"],
+            "separator_version": summary["separator"]["version"]}
+    with TrackedRun.open(cfg.experiment, f"preprocess-{summary['run_id']}", cfg.mlflow_tracking_uri, tags=tags) as run:
+        run.params(flatten(cfg))
+        run.metrics({**{k: float(summary[k]) for k in ("inputs", "ok", "quarantined", "skipped_existing", "audio_seconds",
+                                                       "wall_seconds", "pipeline_seconds", "realtime_factor", "songs_total")},
+                     **{f"aligned_by_{m}": float(n) for m, n in summary["alignment_methods"].items() if m}})
+        with tempfile.TemporaryDirectory() as tmp:
+            t = Path(tmp)
+            (t / "summary.json").write_text(json.dumps(summary, indent=1))
+            (t / "manifest.json").write_text(manifest_text)
+            (t / f"vocab-v{summary['vocab_version']}.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=1))
+            if outcomes:
+                pq.write_table(pa.Table.from_pylist(outcomes), t / "inputs.parquet")
+            report = write_report(songs, t / "report")
+            if songs:
+                pq.write_table(pa.Table.from_pylist(songs), t / "report" / "songs.parquet")
+            for f in sorted(t.glob("*")):
+                if f.is_file():
+                    run.artifact(f)
+            if report:
+                run.artifacts(t / "report", "report")
+    return run.run_id

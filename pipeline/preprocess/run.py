@@ -18,7 +18,6 @@ import math
 import os
 import shutil
 import socket
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -33,7 +32,7 @@ from pipeline.data import shards
 from pipeline.data.vocab import update_vocab
 from pipeline.preprocess.config import PreprocessConfig
 from pipeline.preprocess.ingest import list_inputs
-from pipeline.preprocess.report import write_report
+from pipeline.preprocess.report import log_run
 from pipeline.preprocess.stages import PIPELINE, IngestStage, Stage
 from pipeline.separate.choose import choose_separator, preflight
 from pipeline.tables import format_table
@@ -261,7 +260,7 @@ def _finish(cfg: PreprocessConfig, out: Path, run_id: str, records: list, result
     # tracking server costs the tracking, not the record of what was written.
     _atomic_write(out / "runs" / f"{run_id}.json", json.dumps(summary, indent=1))
     _atomic_write(out / "summary.json", json.dumps(summary, indent=1))
-    summary["mlflow_run_id"] = _log_mlflow(cfg, out, summary, manifest_text, vocab, all_songs, outcomes)
+    summary["mlflow_run_id"] = log_run(cfg, out, summary, manifest_text, vocab, all_songs, outcomes)
     print_summary(summary, bad)
     return summary
 
@@ -270,36 +269,6 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-
-
-def _log_mlflow(cfg, out, summary, manifest_text, vocab, songs, outcomes) -> str:
-    """The run's record in MLflow; an unreachable server is waited out (``pipeline.tracking``)."""
-    from pipeline.tracking import TrackedRun
-
-    tags = {"output": str(out), "preprocess_run_id": summary["run_id"], "manifest_sha256": summary["manifest_sha256"],
-            "vocab_version": str(summary["vocab_version"]), "separator": summary["separator"]["name"],
-            "separator_version": summary["separator"]["version"]}
-    with TrackedRun.open(cfg.experiment, f"preprocess-{summary['run_id']}", cfg.mlflow_tracking_uri, tags=tags) as run:
-        run.params(flatten(cfg))
-        run.metrics({**{k: float(summary[k]) for k in ("inputs", "ok", "quarantined", "skipped_existing", "audio_seconds",
-                                                       "wall_seconds", "pipeline_seconds", "realtime_factor", "songs_total")},
-                     **{f"aligned_by_{m}": float(n) for m, n in summary["alignment_methods"].items() if m}})
-        with tempfile.TemporaryDirectory() as tmp:
-            t = Path(tmp)
-            (t / "summary.json").write_text(json.dumps(summary, indent=1))
-            (t / "manifest.json").write_text(manifest_text)
-            (t / f"vocab-v{summary['vocab_version']}.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=1))
-            if outcomes:
-                pq.write_table(pa.Table.from_pylist(outcomes), t / "inputs.parquet")
-            report = write_report(songs, t / "report")
-            if songs:
-                pq.write_table(pa.Table.from_pylist(songs), t / "report" / "songs.parquet")
-            for f in sorted(t.glob("*")):
-                if f.is_file():
-                    run.artifact(f)
-            if report:
-                run.artifacts(t / "report", "report")
-    return run.run_id
 
 
 def print_summary(summary: dict[str, Any], bad: list[dict[str, Any]]) -> None:

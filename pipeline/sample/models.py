@@ -22,7 +22,6 @@ class ModelSet:
     sample_rate: int
     vocab: dict[str, dict[str, int]] | None
 
-    @property
     def sampled_levels(self) -> list[str]:
         """The sampled levels, top first."""
         return [lv for lv in levels.SAMPLING_ORDER if lv in self.vqvaes]

@@ -25,7 +25,7 @@ import scipy.ndimage as ndi
 import torch
 import torch.nn.functional as F
 
-from pipeline.separate import Separator, Stems
+from pipeline.separate.base import Separator, Stems
 
 
 class CentreHarmonicSeparator(Separator):

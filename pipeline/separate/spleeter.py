@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.separate import Separator, Stems
+from pipeline.separate.base import Separator, Stems
 
 
 class SeparatorModelError(ValueError):

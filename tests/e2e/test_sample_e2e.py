@@ -177,3 +177,23 @@ def _models(**kw):
     from pipeline.sample.config import ModelsConfig
 
     return ModelsConfig(**kw)
+
+
+def test_the_sampler_in_memory_gives_the_jobs_codes_and_audio(store, full_run):
+    """What a notebook calls (``Sampler``) is what the job runs: the same seed, the same codes, no folder."""
+    from pipeline.sample import Sampler
+    from pipeline.sample.config import ModelsConfig
+
+    cfg, summary = full_run
+    v = summary["model_versions"]  # the very versions the job sampled with (later tests may move the aliases)
+    models = ModelsConfig(**{lv: v[f"prior.{lv}"] for lv in ("top", "middle", "bottom")},
+                          **{f"vqvae_{lv}": v[f"vqvae.{lv}"] for lv in ("top", "middle", "bottom")})
+    sampler = Sampler.from_registry(models, tracking_uri=store["uri"], compile="false")
+    codes = sampler.codes(cfg.duration, artist=cfg.artist, genre=cfg.genre, lyrics=LYRICS, n_samples=cfg.n_samples,
+                          seed=cfg.seed, segment_seconds=cfg.segment_seconds)
+    for level in ("top", "middle", "bottom"):
+        assert np.array_equal(codes[level], np.load(Path(summary["out"]) / "codes" / f"{level}.npy")), level
+    audio = sampler.decode(codes["bottom"], total_samples=int(round(cfg.duration * sampler.sample_rate)))
+    written, _ = sf.read(Path(summary["out"]) / "sample-0.wav", dtype="float32")
+    assert audio.shape == (cfg.n_samples, len(written))
+    assert np.abs(np.clip(audio[0], -1, 1) - written).max() < 1e-4  # the WAV is the same audio in 16 bits

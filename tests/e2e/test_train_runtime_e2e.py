@@ -4,14 +4,13 @@ run and registers nothing, an MLflow server that goes away mid-run does not stop
 
 import os
 import signal
-import subprocess
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
+from processes import start_mlflow, stop
 from toy_training import ToySource, ToyTask, toy_spec
 
 from pipeline.train.export import export_safetensors
@@ -118,24 +117,6 @@ def test_a_nan_loss_stops_the_run_names_the_step_and_registers_nothing(db, tmp_p
     assert len(saved) == 1
 
 
-def _start_mlflow(root: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(["bash", str(ROOT / "infra" / "mlflow-server.sh")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, env={**os.environ, "MLFLOW_ROOT": str(root), "MLFLOW_PORT": str(port)})
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
-                return proc
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError("mlflow server did not start")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=60)
-
-
 def test_an_mlflow_outage_mid_run_does_not_stop_training(tmp_path):
     import mlflow
 
@@ -144,7 +125,7 @@ def test_an_mlflow_outage_mid_run_does_not_stop_training(tmp_path):
     init_ray(None, 4, progress=False)
     port = 5079
     uri = f"http://127.0.0.1:{port}"
-    server = [_start_mlflow(tmp_path / "mlflow", port)]
+    server = [start_mlflow(tmp_path / "mlflow", port)]
     outage: dict[str, float] = {}
 
     def take_it_down_and_back():  # once step 2 is logged: down for ~8 s of a ~12-step run, then back
@@ -158,10 +139,10 @@ def test_an_mlflow_outage_mid_run_does_not_stop_training(tmp_path):
             except Exception:  # noqa: BLE001 - the experiment may not exist yet
                 pass
             time.sleep(0.5)
-        _stop(server[0])
+        stop(server[0])
         outage["down"] = time.time()
         time.sleep(8)
-        server[0] = _start_mlflow(tmp_path / "mlflow", port)
+        server[0] = start_mlflow(tmp_path / "mlflow", port)
         outage["up"] = time.time()
 
     helper = threading.Thread(target=take_it_down_and_back, daemon=True)
@@ -177,7 +158,7 @@ def test_an_mlflow_outage_mid_run_does_not_stop_training(tmp_path):
         assert done["mlflow_delivery"]["mlflow_metrics_dropped"] == 0 and done["mlflow_delivery"]["mlflow_failed_calls"] >= 1
         assert client.get_model_version_by_alias("toy-outage", "current").run_id == done["mlflow_run_id"]
     finally:
-        _stop(server[0])
+        stop(server[0])
 
 
 def test_a_stopped_run_is_marked_killed_not_left_running(db, tmp_path, monkeypatch):

@@ -68,12 +68,17 @@ def parse_uri(uri: str) -> tuple[str, str, str]:
 
 
 def resolve(uri: str, tracking_uri: str | None = None):
-    """The ``ModelVersion`` that ``uri`` names; a missing model, alias or version is a ``RegistryError``."""
+    """The ``ModelVersion`` that ``uri`` names; a missing model, alias or version is a ``RegistryError``.
+    An unreachable server is waited out (``pipeline.tracking.retry``), never taken for a missing model."""
+    from pipeline.tracking import retry, unreachable
+
     c = client(tracking_uri)
     name, alias, version = parse_uri(uri)
     try:
-        return c.get_model_version_by_alias(name, alias) if alias else c.get_model_version(name, version)
+        return retry(f"resolve {uri}", lambda: c.get_model_version_by_alias(name, alias) if alias else c.get_model_version(name, version))
     except Exception as exc:  # noqa: BLE001 - MLflow raises its own types per store
+        if unreachable(exc):
+            raise
         raise RegistryError(f"{uri} is not in the registry at {c.tracking_uri}: {str(exc).splitlines()[0][:300]}") from None
 
 
@@ -84,6 +89,7 @@ def download(uri: str, cache: str | Path | None = None, tracking_uri: str | None
     import mlflow
 
     from pipeline.services import runs_dir
+    from pipeline.tracking import retry
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per small download is noise in a job's log
     mv = resolve(uri, tracking_uri)
@@ -96,8 +102,9 @@ def download(uri: str, cache: str | Path | None = None, tracking_uri: str | None
         with tempfile.TemporaryDirectory(dir=root, prefix=".partial-") as tmp:
             # the version's own artefact location, through this client (mlflow.artifacts with a models:/ URI
             # would resolve it against MLflow's global registry URI, not this one)
-            source = c.get_model_version_download_uri(mv.name, mv.version)
-            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=c.tracking_uri))
+            source = retry("find the artefacts", lambda: c.get_model_version_download_uri(mv.name, mv.version))
+            got = Path(retry(f"download {uri}", lambda: mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp,
+                                                                                             tracking_uri=c.tracking_uri)))
             shutil.move(str(got), folder)
     card_file = folder / CARD_FILE
     card = json.loads(card_file.read_text()) if card_file.exists() else {k: _untag(v) for k, v in (mv.tags or {}).items()}

@@ -6,6 +6,7 @@
 - ``lyrics_windows``: the prior's 512-character lyrics window for an audio window (``LyricsWindows``).
 - ``vocab``: the versioned artist and genre vocabularies.
 - ``lyrics``: lyrics text, read and normalised.
-
-The code caches of the priors (next) live here too.
+- ``code_cache``: the VQ-VAE codes of a corpus, once per VQ-VAE version, that the priors train on;
+  ``encode``: the Ray Data stage that builds them.
+- ``stage``: the shape of every batch stage (resources, ``setup()``, rows in and out, quarantine rows).
 """

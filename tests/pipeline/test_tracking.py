@@ -93,3 +93,28 @@ def test_preprocessing_waits_out_an_mlflow_outage_and_records_its_run(tmp_path, 
         up.join(timeout=120)
         for proc in server:
             stop(proc)
+
+
+def test_the_registry_waits_out_an_outage_and_never_takes_it_for_a_missing_model(monkeypatch):
+    """What sampling and the priors' upstream check do first: resolve a model. An unreachable server is
+    retried; a model that is not there is a RegistryError at once."""
+    from pipeline import registry
+
+    calls = {"n": 0}
+
+    class Flaky:
+        tracking_uri = "http://127.0.0.1:1"
+
+        def get_model_version_by_alias(self, name, alias):
+            calls["n"] += 1
+            if calls["n"] < 3:
+                raise ConnectionError("connection refused")
+            if name == "missing":
+                raise ValueError("RESOURCE_DOES_NOT_EXIST: no such model")
+            return f"{name}@{alias}"
+
+    monkeypatch.setattr(registry, "client", lambda uri=None: Flaky())
+    assert registry.resolve("models:/jukebox-prior-top@current") == "jukebox-prior-top@current" and calls["n"] == 3
+    calls["n"] = 2
+    with pytest.raises(registry.RegistryError, match="not in the registry"):
+        registry.resolve("models:/missing@current")

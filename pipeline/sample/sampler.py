@@ -3,7 +3,7 @@
     from pipeline.sample import Sampler
     sampler = Sampler.from_registry(tracking_uri="sqlite:///runs/mlflow.db")
     codes = sampler.codes(20.0, artist="Some Artist", genre="rock", lyrics="...", seed=0)
-    audio = sampler.decode(codes["bottom"])  # (n_samples, samples) float32 at sampler.sample_rate
+    audio = sampler.decode(codes["bottom"])  # (n_samples, samples, 1) float32 at sampler.sample_rate
 
 Ancestral sampling of the top level in windows, each upsampled level in segments (in this
 process, or over Ray actors with ``workers``), primed from audio (``encode``) or upsampled
@@ -178,7 +178,8 @@ class Sampler:
         return encode_audio(self.vqvae(level), lambda lo, hi: mono[lo:hi], num_samples or len(mono), device=self.device)
 
     def decode(self, codes: np.ndarray, level: str = "bottom", total_samples: int | None = None) -> np.ndarray:
-        """(n_samples, samples) float32 audio of a level's codes, cut to ``total_samples`` when given."""
+        """(n_samples, samples, channels) float32 audio of a level's codes (mono: one channel), cut to
+        ``total_samples`` when given."""
         from pipeline.codec import decode_codes
 
         audio = decode_codes(self.vqvae(level), np.asarray(codes).astype(np.int64), device=self.device)

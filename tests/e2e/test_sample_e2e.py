@@ -195,5 +195,5 @@ def test_the_sampler_in_memory_gives_the_jobs_codes_and_audio(store, full_run):
         assert np.array_equal(codes[level], np.load(Path(summary["out"]) / "codes" / f"{level}.npy")), level
     audio = sampler.decode(codes["bottom"], total_samples=int(round(cfg.duration * sampler.sample_rate)))
     written, _ = sf.read(Path(summary["out"]) / "sample-0.wav", dtype="float32")
-    assert audio.shape == (cfg.n_samples, len(written))
-    assert np.abs(np.clip(audio[0], -1, 1) - written).max() < 1e-4  # the WAV is the same audio in 16 bits
+    assert audio.shape == (cfg.n_samples, len(written), 1)  # (samples, audio samples, channels): mono
+    assert np.abs(np.clip(audio[0, :, 0], -1, 1) - written).max() < 1e-4  # the WAV is the same audio in 16 bits

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's two commands (see README):
-#   ./dev.sh demo [job flags]   set up .venv, then preprocess the bundled synthetic demo corpus
+#   ./dev.sh demo [job flags]   set up .venv, then run the whole pipeline on the bundled demo corpus (tiny models)
 #   ./dev.sh test [pytest args] set up .venv, then lint and run the test suite
 #   ./dev.sh setup              only set up .venv
 #   ./dev.sh spleeter-env       build .venv-spleeter (Spleeter 2.4.2 + TensorFlow 2.12, ~3 GB), used by the separation stage
@@ -86,7 +86,7 @@ case "$cmd" in
   spleeter-env) setup_spleeter ;;
   demo)
     setup
-    exec .venv/bin/python jobs/preprocess.py --demo --output data/demo/shards "$@" ;;
+    exec .venv/bin/python jobs/pipeline.py --config infra/pipeline/demo.yaml --input demo --output runs/demo "$@" ;;
   test)
     setup
     setup_spleeter

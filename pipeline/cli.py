@@ -11,8 +11,9 @@ from pipeline.config import ConfigError, parse_args
 
 
 def run_job(config_cls: type, run: Callable[[Any], dict[str, Any]], description: str,
-            succeeded: Callable[[dict[str, Any]], bool] = lambda _: True, argv: list[str] | None = None) -> int:
-    cfg = parse_args(config_cls, argv, description=description)
+            succeeded: Callable[[dict[str, Any]], bool] = lambda _: True, argv: list[str] | None = None,
+            prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> int:
+    cfg = parse_args(config_cls, argv, description=description, prepare=prepare)
     stop_on_sigterm()
     try:
         result = run(cfg)

@@ -19,6 +19,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -195,8 +196,10 @@ def _bounds_text(f: dataclasses.Field, tp: Any) -> str:
     return "".join(f"; {signs[k]} {b:g}" for k, b in f.metadata.get("bounds", {}).items())
 
 
-def parse_args(cls: type[C], argv: list[str] | None = None, description: str = "") -> C:
-    """Command line -> config: ``--config x.yaml`` then one flag per leaf field."""
+def parse_args(cls: type[C], argv: list[str] | None = None, description: str = "",
+               prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> C:
+    """Command line -> config: ``--config x.yaml`` then one flag per leaf field; ``prepare`` may fill in
+    what the fields derive from each other before the config is built and validated."""
     parser = argparse.ArgumentParser(
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -231,7 +234,7 @@ def parse_args(cls: type[C], argv: list[str] | None = None, description: str = "
     for dotted, value in ns.items():
         _set_dotted(data, dotted, value)
     try:
-        return from_dict(cls, data)
+        return from_dict(cls, prepare(data) if prepare else data)
     except ConfigError as exc:
         parser.error(str(exc))
         raise  # unreachable: parser.error exits

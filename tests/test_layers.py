@@ -19,6 +19,7 @@ LAYERS = [
     ["pipeline.data", "pipeline.separate"],
     ["pipeline.align"],
     ["pipeline.preprocess", "pipeline.train", "pipeline.sample"],
+    ["pipeline.flow"],
 ]
 RANK = {part: i for i, layer in enumerate(LAYERS) for part in layer}
 

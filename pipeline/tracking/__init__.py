@@ -12,6 +12,8 @@ every driver call waiting out a tracking-server outage.
   ``retry``. As a context manager it ends FINISHED, FAILED on an error, KILLED on Ctrl-C or
   SIGTERM. The work a job has committed before an outage is never lost to it: the job waits.
 - ``MetricsSink`` (``sink.py``): rank 0's background delivery while training runs.
+
+Under the pipeline job every run is opened nested under the pipeline's run (``PARENT_ENV``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pipeline.services import runs_dir
 
 T = TypeVar("T")
 OUTAGE_ENV = "JUKEBOX_MLFLOW_OUTAGE_S"
+PARENT_ENV = "JUKEBOX_MLFLOW_PARENT_RUN_ID"  # set by the pipeline job: every stage's run is nested under its run
 PARAM_CHARS = 6000  # MLflow's limit on a parameter value
 BATCH_PARAMS = 100  # MLflow's per-call limit on parameters
 
@@ -37,6 +40,13 @@ def tracking_uri(explicit: str | None = None) -> str:
         return uri
     runs_dir().mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{runs_dir() / 'mlflow.db'}"
+
+
+def redact(uri: str) -> str:
+    """A URI fit to print: credentials (``user:password@``) replaced."""
+    import re
+
+    return re.sub(r"//[^/@\s]+@", "//***@", uri)
 
 
 def client(uri: str | None = None):
@@ -124,6 +134,8 @@ class TrackedRun:
                 run.resumed = True
                 return run
             tags[key] = value
+        if os.environ.get(PARENT_ENV):
+            tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
         created = retry("create a run", lambda: c.create_run(exp, run_name=name, tags=tags))
         return cls(uri, created.info.run_id)
 
@@ -194,4 +206,4 @@ class TrackedRun:
             print(f"MLflow: could not mark run {self.run_id} {status} ({type(exc).__name__})", flush=True)
 
 
-__all__ = ["TrackedRun", "client", "experiment_id", "outage_deadline", "retry", "tracking_uri", "unreachable"]
+__all__ = ["PARENT_ENV", "TrackedRun", "client", "experiment_id", "outage_deadline", "redact", "retry", "tracking_uri", "unreachable"]

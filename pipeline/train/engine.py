@@ -8,6 +8,7 @@ at ZeRO-3 so no rank ever holds it whole.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -102,7 +103,8 @@ def build_engine(spec: TrainSpec, world: int, device: str):
     cfg = spec.runtime
     ds_config = deepspeed_config(cfg, spec.optim, world, device)
     seed_step(cfg, -1, 0)  # the same initial weights on every rank
-    deepspeed.init_distributed()  # adopts the process group Ray Train made
+    with contextlib.redirect_stdout(io.StringIO()):  # its "op built successfully" line per rank (a print, not a log)
+        deepspeed.init_distributed()  # adopts the process group Ray Train made
     partitioned = deepspeed.zero.Init(config_dict_or_path=ds_config) if cfg.zero_stage == 3 else contextlib.nullcontext()
     with partitioned:
         model = spec.task.build_model()  # ZeRO-3: each module's parameters are partitioned as it is built

@@ -7,6 +7,8 @@ the run kept one, streamed one tensor at a time into ``pipeline.weights.write_sa
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +29,8 @@ def checkpoint_tensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
         return
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    with weights_only_loads():  # its reader asks for weights_only=False
+    # its reader asks for weights_only=False, and prints three progress lines (print, not a log)
+    with weights_only_loads(), contextlib.redirect_stdout(io.StringIO()):
         lazy = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag="state", lazy_mode=True)
     for name in list(lazy):
         yield name, lazy.pop(name).contiguous()

@@ -42,6 +42,7 @@ def train_loop(config: dict) -> None:
     rank, world = train_ctx.get_world_rank(), train_ctx.get_world_size()
     torch.set_num_threads(cfg.threads_per_worker)
     device = "cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu"
+    quiet_worker_logs(device)
     restored = contextlib.ExitStack()
     checkpoint = ray.train.get_checkpoint()  # the one Ray restores: after a worker-group restart, or a resumed run
     folder = Path(restored.enter_context(checkpoint.as_directory())) if checkpoint else None
@@ -71,6 +72,19 @@ def train_loop(config: dict) -> None:
     finally:
         if sink is not None:  # deliver what is queued (after an error too, briefly), within a bound
             ray.get(ctx.outcome.record.remote(sink.close(timeout=120 if finished else 10)))
+
+
+def quiet_worker_logs(device: str) -> None:
+    """What every worker would otherwise print, at its source: Ray Train's INFO line with every
+    report's metrics (they go to MLflow), and DeepSpeed's accelerator guess (we know the device).
+    Warnings and errors still show."""
+    import logging
+    import os
+
+    from ray.train.v2._internal.execution import context  # its logger is named by its file
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    os.environ.setdefault("DS_ACCELERATOR", device)
 
 
 class JobClock:

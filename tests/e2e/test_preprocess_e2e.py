@@ -210,8 +210,8 @@ def test_real_songs_go_through_and_the_default_aligner_meets_its_targets(realdat
 
 def test_same_files_run_under_ray_job_submit(tmp_path):
     """The contract for clusters: `ray job submit --working-dir . -- python jobs/<job>.py ...`, here
-    preprocessing, then a VQ-VAE (2 workers, ZeRO-3) trained on its shards and registered, then the
-    top prior on that VQ-VAE's codes,
+    preprocessing alone, then the pipeline job: preprocessing, a VQ-VAE (2 workers, ZeRO-3) trained on
+    its shards and registered, and the top prior on that exact version's codes; then a sample from it,
     on a head started by infra/ray-head.sh: token auth on, token file 0600 and never logged,
     every port on 127.0.0.1, 401 without the token and success with it."""
     import urllib.error
@@ -283,16 +283,17 @@ def test_same_files_run_under_ray_job_submit(tmp_path):
         durable = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'head-runs' / 'mlflow.db'}")
         assert durable.get_run(summary["mlflow_run_id"]).data.metrics["ok"] == 2
         db = f"sqlite:///{tmp_path / 'train.db'}"  # the job runs in the cluster's environment, not this client's
-        succeeded(submit("jobs/train_vqvae.py", "--level", "top", "--preset", "tiny", "--shards", str(tmp_path / "out"),
-                         "--runtime.workers", "2", "--runtime.zero_stage", "3", "--runtime.total_steps", "4",
-                         "--checkpoint.every", "2", "--checkpoint.storage", str(tmp_path / "runs"), "--mlflow_tracking_uri", db))
+        # the pipeline job on the cluster: preprocessing, the top VQ-VAE, and the top prior on that exact version
+        succeeded(submit("jobs/pipeline.py", "--config", "infra/pipeline/demo.yaml", "--input", str(manifest), "--output",
+                         str(tmp_path / "run"), "--only", "preprocess,vqvae.top,prior.top", "--mlflow_tracking_uri", db,
+                         "--vqvae.top.runtime.workers", "2", "--vqvae.top.runtime.zero_stage", "3", "--vqvae.top.runtime.total_steps",
+                         "4", "--vqvae.top.checkpoint.every", "2", "--prior.top.holdout", "0", "--prior.top.runtime.workers", "2",
+                         "--prior.top.runtime.total_steps", "2", "--prior.top.checkpoint.every", "2"))
         client = mlflow.MlflowClient(tracking_uri=db)
         mv = client.get_model_version_by_alias("jukebox-vqvae-top", "current")
         assert mv.tags["hop_length"] == "128" and mv.tags["steps"] == "4"
-        # the first use our users named: the top prior on the codes of the VQ-VAE the cluster just registered
-        succeeded(submit("jobs/train_prior.py", "--level", "top", "--preset", "tiny", "--shards", str(tmp_path / "out"),
-                         "--holdout", "0", "--runtime.workers", "2", "--runtime.total_steps", "2", "--checkpoint.every", "2",
-                         "--checkpoint.storage", str(tmp_path / "runs"), "--mlflow_tracking_uri", db))
+        stages = json.loads((tmp_path / "run" / "pipeline.json").read_text())["stages"]
+        assert stages["prior.top"]["inputs"]["vqvae.top"]["model"] == "models:/jukebox-vqvae-top/1"
         prior = client.get_model_version_by_alias("jukebox-prior-top", "current")
         assert prior.tags["vqvae"] == "models:/jukebox-vqvae-top/1" and prior.tags["lyrics"] == "True"
         # and a song from it: the top level sampled and decoded by the cluster

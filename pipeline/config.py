@@ -230,7 +230,7 @@ def parse_args(cls: type[C], argv: list[str] | None = None, description: str = "
         loaded = yaml.safe_load(Path(config_path).read_text()) or {}
         if not isinstance(loaded, dict):
             parser.error(f"{config_path}: top level must be a mapping")
-        data = loaded
+        data = _unshared(loaded)  # YAML anchors share one object: an override of one section must not reach the others
     for dotted, value in ns.items():
         _set_dotted(data, dotted, value)
     try:
@@ -238,6 +238,15 @@ def parse_args(cls: type[C], argv: list[str] | None = None, description: str = "
     except ConfigError as exc:
         parser.error(str(exc))
         raise  # unreachable: parser.error exits
+
+
+def _unshared(value: Any) -> Any:
+    """A copy in which no two places are one object (``copy.deepcopy`` keeps YAML aliases shared)."""
+    if isinstance(value, dict):
+        return {k: _unshared(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unshared(v) for v in value]
+    return value
 
 
 def load_yaml(cls: type[C], path: str | Path) -> C:

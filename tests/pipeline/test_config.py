@@ -76,3 +76,13 @@ def test_defaults_outlive_a_submitted_jobs_working_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("JUKEBOX_RUNS_DIR", str(tmp_path / "durable"))
     assert tracking_uri() == f"sqlite:///{tmp_path / 'durable' / 'mlflow.db'}"
     assert CheckpointConfig().storage_uri() == str(tmp_path / "durable" / "train")
+
+
+def test_an_override_of_one_yaml_section_does_not_reach_the_sections_sharing_its_anchor(tmp_path):
+    from pipeline.flow.config import PipelineConfig, prepare
+
+    cfg_file = tmp_path / "p.yaml"
+    cfg_file.write_text("vqvae:\n  top: &v {preset: tiny, optim: {lr: 0.002}}\n  middle: *v\n  bottom: *v\n")
+    cfg = parse_args(PipelineConfig, ["--config", str(cfg_file), "--input", str(tmp_path), "--output", str(tmp_path / "o"),
+                                      "--vqvae.top.optim.lr", "0.003"], prepare=prepare)
+    assert (cfg.vqvae.top.optim.lr, cfg.vqvae.middle.optim.lr, cfg.vqvae.bottom.optim.lr) == (0.003, 0.002, 0.002)

@@ -71,6 +71,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, progress: 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.print_on_execution_start = False
+    if not progress:  # nor a line per finished dataset: the job says what each step did
+        logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(logging.WARNING)
     return target
 
 

@@ -51,10 +51,13 @@ def redact(uri: str) -> str:
 
 def client(uri: str | None = None):
     """An ``MlflowClient`` for ``uri`` (tracking and registry alike), never MLflow's global one."""
+    import logging
+
     import mlflow
 
     # one quick try inside a call: ``retry`` does the waiting and says so, instead of MLflow's silent ~2-minute chain
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
     uri = tracking_uri(uri)
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 

@@ -103,7 +103,8 @@ def build_engine(spec: TrainSpec, world: int, device: str):
     cfg = spec.runtime
     ds_config = deepspeed_config(cfg, spec.optim, world, device)
     seed_step(cfg, -1, 0)  # the same initial weights on every rank
-    with contextlib.redirect_stdout(io.StringIO()):  # its "op built successfully" line per rank (a print, not a log)
+    quiet = contextlib.redirect_stdout(io.StringIO())  # DeepSpeed's "op built successfully" line per rank (a print, not a log)
+    with quiet:
         deepspeed.init_distributed()  # adopts the process group Ray Train made
     partitioned = deepspeed.zero.Init(config_dict_or_path=ds_config) if cfg.zero_stage == 3 else contextlib.nullcontext()
     with partitioned:
@@ -111,6 +112,7 @@ def build_engine(spec: TrainSpec, world: int, device: str):
     if cfg.compile:
         model.compile()  # in place: the state dict keeps its names, so checkpoints and the registry do not change
     optimizer = build_optimizer(model, spec.optim, cfg.offload, device)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    with contextlib.redirect_stdout(io.StringIO()):
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     dtype = torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float16 if ds_config["fp16"]["enabled"] else torch.float32
     return engine, dtype

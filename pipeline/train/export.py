@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,19 @@ import torch
 
 from pipeline.train.ema import EMA_DIR, EMAReader
 from pipeline.weights import weights_only_loads, write_safetensors
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    before = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # read by tqdm when a bar is made
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = before
 
 
 def checkpoint_tensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
@@ -29,8 +43,9 @@ def checkpoint_tensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
         return
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    # its reader asks for weights_only=False, and prints three progress lines (print, not a log)
-    with weights_only_loads(), contextlib.redirect_stdout(io.StringIO()):
+    # its reader asks for weights_only=False, prints three progress lines (print, not a log) and draws a
+    # progress bar per checkpoint: a job's console says when the export ends, not each file it reads
+    with weights_only_loads(), contextlib.redirect_stdout(io.StringIO()), _no_progress_bars():
         lazy = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag="state", lazy_mode=True)
     for name in list(lazy):
         yield name, lazy.pop(name).contiguous()

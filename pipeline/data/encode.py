@@ -113,8 +113,14 @@ def get_or_build(shards: str | Path, vqvae, tracking_uri: str, settings: EncodeS
     settled = {k for k, r in code_cache.quarantined_songs(folder).items() if r["kind"] == "input"}  # the rest are tried again
     todo = sorted(set(keys) - code_cache.encoded_songs(folder) - settled)
     started, audio_s = time.time(), sum(songs[keys[k]]["num_samples"] / songs[keys[k]]["sample_rate"] for k in todo)
-    quarantined = 0
-    for row in _encode(todo, vqvae, tracking_uri, shards, settings):
+    quarantined, last_line = 0, time.time()
+    if todo:
+        print(f"code cache {folder.name}: encoding {len(todo)} song(s), {audio_s:,.0f} s of audio", flush=True)
+    for done, row in enumerate(_encode(todo, vqvae, tracking_uri, shards, settings), 1):
+        if time.time() - last_line >= 10:  # a line every 10 s (the stage's own line says when it is done)
+            rate = done / max(time.time() - started, 1e-9)
+            print(f"code cache {folder.name}: {done}/{len(todo)} songs, ~{(len(todo) - done) / rate:,.0f} s left", flush=True)
+            last_line = time.time()
         if row["status"] != "ok":
             code_cache.quarantine_song(folder, row["song_id"], row["stage"], row["error"], row["error_kind"])
             quarantined += 1

@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline.config import flatten
 from pipeline.registry import BUILDERS, CARD_FILE, build_model, card_tags, lineage_tags, register_version
-from pipeline.tracking import TrackedRun, retry
+from pipeline.tracking import TrackedRun, redact, retry
 from pipeline.train.driver import fit, run_name
 from pipeline.train.export import export_safetensors
 from pipeline.train.protocol import RunContext, TrainSpec
@@ -58,6 +58,8 @@ def train_and_register(spec: TrainSpec, level: str = "", job_started: float = 0.
     ctx = RunContext(name=run_name(spec.task, spec.checkpoint, level), job_started=job_started or started)
     run = open_run(spec, ctx.name)
     ctx.mlflow_run_id = run.run_id
+    print(f"[{ctx.name}] {'resuming' if run.resumed else 'training'} {spec.runtime.total_steps} steps; MLflow run {run.run_id} "
+          f"at {redact(spec.tracking.uri)}", flush=True)
     try:
         result, facts = fit(spec, ctx)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (`ray job stop`; pipeline.cli makes it SystemExit)

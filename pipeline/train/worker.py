@@ -200,6 +200,10 @@ class StepLoop:
                    data_wait_s=self.data_wait_s, data_wait_frac=self.data_wait_s / max(elapsed, 1e-9), **self.memory)
         out.update(self.clock.take())
         self.data_wait_s, self.t_log, self.last_log = 0.0, time.perf_counter(), done
+        if self.rank == 0:  # the console's progress line: the full metrics go to MLflow
+            total, step_s = self.cfg.total_steps, out["step_s"]
+            print(f"[{self.ctx.name}] step {done}/{total}, loss {out.get('loss', float('nan')):.4f}, {step_s:.2f} s/step, "
+                  f"~{(total - done) * step_s:,.0f} s left", flush=True)
         return out
 
     def media(self, step: int) -> dict[str, float]:

@@ -66,6 +66,8 @@ def test_every_stage_runs_in_order_on_the_versions_of_this_run(run):
         assert stage_run.data.tags["mlflow.parentRunId"] == parent.info.run_id, name
     lines = run["first"].stdout.splitlines()
     assert sum(line.startswith("[") and "] done in" in line for line in lines) == 8
+    console = (run["first"].stdout + run["first"].stderr).splitlines()
+    assert len(console) <= 80, "\n".join(console)  # one line per stage start and end, progress, the odd library line
 
 
 def test_the_page_plays_in_a_browser(run, tmp_path):

@@ -34,6 +34,9 @@ def fit(spec: TrainSpec, ctx: RunContext):
 
     cfg, ckpt = spec.runtime, spec.checkpoint
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if cfg.use_gpu else "cpu")
+    # workers print as print does: Ray Train's patch sends every print to its logger as well, so a
+    # progress line showed twice and a library's print escaped redirect_stdout (propagated to the workers)
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     use_venv_torch_extensions()
     ctx.outcome = ray.remote(num_cpus=0)(RunOutcome).remote()
     milestones = cfg.total_steps // ckpt.milestone_every if ckpt.milestone_every else 0

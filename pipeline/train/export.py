@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,15 +20,17 @@ from pipeline.weights import weights_only_loads, write_safetensors
 
 @contextlib.contextmanager
 def _no_progress_bars() -> Iterator[None]:
-    before = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"  # read by tqdm when a bar is made
+    """DeepSpeed's checkpoint reader draws a tqdm bar per file it reads: made with ``disable=True`` in this span."""
+    import functools
+
+    from deepspeed.utils import zero_to_fp32
+
+    before = zero_to_fp32.tqdm
+    zero_to_fp32.tqdm = functools.partial(before, disable=True)
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = before
+        zero_to_fp32.tqdm = before
 
 
 def checkpoint_tensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:

@@ -92,5 +92,5 @@ case "$cmd" in
     setup_spleeter
     .venv/bin/python -m ruff check pipeline models jobs bench tests
     exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 "$@" ;;
-  *) sed -n '2,7p' "$0"; exit 2 ;;
+  *) sed -n '2,6p' "$0"; exit 2 ;;
 esac

@@ -157,17 +157,17 @@ class TrackedRun:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        for i in range(0, len(items), 1000):
-            retry("log metrics", lambda chunk=items[i:i + 1000]: self.client.log_batch(self.run_id, metrics=chunk))
+        self._log_metrics([Metric(k, float(v), now, step) for k, v in metrics.items()])
 
     def metric_history(self, name: str, values: list[tuple[int, float]]) -> None:
         """One metric's (step, value) pairs, in batched calls."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(name, float(v), now, s) for s, v in values]
-        for i in range(0, len(items), 1000):
+        self._log_metrics([Metric(name, float(v), now, s) for s, v in values])
+
+    def _log_metrics(self, items: list) -> None:
+        for i in range(0, len(items), 1000):  # MLflow's per-call limit
             retry("log metrics", lambda chunk=items[i:i + 1000]: self.client.log_batch(self.run_id, metrics=chunk))
 
     def tags(self, tags: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ resumed run the same song as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -132,12 +133,13 @@ class TokenSampler:
                     out[:, pos] = token
 
 
-def window_starts(total: int, n_ctx: int, hop: int, known: int, align: int = 1) -> list[tuple[int, int]]:
-    """(start, end) of the windows that sample tokens ``known .. total``: each window after the
-    first keeps ``n_ctx - hop`` tokens already sampled as its context (starts a multiple of ``align``)."""
+def window_starts(total: int, n_ctx: int, hop: int, known: int, align: int = 1) -> Iterator[tuple[int, int]]:
+    """(start, end) of the windows that sample tokens ``known .. total``, one at a time (a long song
+    has millions): each window after the first keeps ``n_ctx - hop`` tokens already sampled as its
+    context (starts a multiple of ``align``)."""
     if not 0 < hop <= n_ctx or hop % align:
         raise ValueError(f"hop {hop} must be in 1..{n_ctx} and a multiple of {align}")
-    windows, done = [], known
+    done = known
     while done < total:
         start = max(0, done - (n_ctx - hop))
         start -= start % align
@@ -145,6 +147,5 @@ def window_starts(total: int, n_ctx: int, hop: int, known: int, align: int = 1) 
             start = max(0, total - n_ctx)
             start -= start % align
         end = min(start + n_ctx, total)
-        windows.append((start, end))
+        yield start, end
         done = end
-    return windows

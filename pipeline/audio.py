@@ -78,6 +78,16 @@ class AudioLimits:
             raise AudioError(f"{channels} channels; at most {self.max_channels} are decoded")
 
 
+def check_header(path: str | Path, max_seconds: float, limits: AudioLimits = AudioLimits()) -> sf._SoundFileInfo:
+    """The header's rate, channels and length against the limits, reading nothing else."""
+    info = probe(path)
+    limits.check(info.samplerate, info.channels)
+    declared = info.frames / info.samplerate
+    if declared > max_seconds:
+        raise AudioError(f"too long: {declared:.1f} s > max_seconds {max_seconds:g}")
+    return info
+
+
 BLOCK_FRAMES = 1 << 16  # decoded per read: 2 MB at 8 channels
 
 
@@ -95,12 +105,9 @@ def decode(path: str | Path, min_seconds: float, max_seconds: float, truncation_
     """
     if not (math.isfinite(max_seconds) and math.isfinite(min_seconds)):
         raise ValueError(f"min_seconds and max_seconds must be finite (got {min_seconds}, {max_seconds})")
-    info = probe(path)
-    limits.check(info.samplerate, info.channels)
+    info = check_header(path, max_seconds, limits)
     sr, channels = int(info.samplerate), int(info.channels)
     declared = info.frames / sr
-    if declared > max_seconds:
-        raise AudioError(f"too long: {declared:.1f} s > max_seconds {max_seconds:g}")
     max_frames = int(max_seconds * sr) + 1
     stream = soxr.ResampleStream(sr, TARGET_SAMPLE_RATE, 2, dtype="float32", quality="HQ") if sr != TARGET_SAMPLE_RATE else None
     chunks, frames = [], 0

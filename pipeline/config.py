@@ -58,6 +58,19 @@ def check_bounds(value: Any, f: dataclasses.Field, where: str) -> None:
         raise ConfigError(f"{where} must be {kind}{rule}, got {value!r}".replace(" , got", ", got"))
 
 
+NAME_PATTERN = r"[A-Za-z0-9._-]{1,128}"
+
+
+def check_name(value: str, what: str) -> str:
+    """A name that becomes a folder, an MLflow tag searched for, a Ray Train run: letters, digits and
+    ``._-`` only (a quote would reach a search filter, a slash another folder)."""
+    import re
+
+    if not re.fullmatch(NAME_PATTERN, value) or value in (".", ".."):
+        raise ConfigError(f"{what} may hold only letters, digits, '.', '_' and '-' (at most 128), got {value!r}")
+    return value
+
+
 class ConfigError(ValueError):
     """A config that cannot be valid: raised before any work starts."""
 

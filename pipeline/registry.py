@@ -9,8 +9,9 @@
   weights: safetensors (sharded or not), or an older ``model.pt`` with ``weights_only=True``.
 - ``check_card``: a consumer states what it needs (sample rate, hop length, codebook size,
   vocabulary version, ...); a mismatch stops it before any work, naming the field.
-- ``register_version``: a version with its card as tags and an alias; registering the same
-  MLflow run again returns its version instead of a second one.
+- ``register_version``: a version with its card as tags, the SHA-256 of its files, and an
+  alias; registering the same MLflow run again returns its version instead of a second one.
+  ``download`` checks the files (a fresh download, or the cached copy) against that digest.
 - ``lineage_tags``: what a run came from (shard manifest, model versions, code caches,
   vocabulary version) as flat ``lineage.*`` tags.
 """
@@ -28,6 +29,8 @@ from typing import Any
 from pipeline.config import ConfigError
 
 CARD_FILE = "card.json"
+DIGEST_TAG = "artifacts_sha256"  # set at registration: what a download must hash to
+MAX_CARD_NUMBER = 2 ** 40  # no size, count or rate in a card comes near it; a larger one is an attack or a bug
 
 
 class RegistryError(ConfigError):
@@ -70,7 +73,7 @@ def parse_uri(uri: str) -> tuple[str, str, str]:
 def resolve(uri: str, tracking_uri: str | None = None):
     """The ``ModelVersion`` that ``uri`` names; a missing model, alias or version is a ``RegistryError``.
     An unreachable server is waited out (``pipeline.tracking.retry``), never taken for a missing model."""
-    from pipeline.tracking import retry, unreachable
+    from pipeline.tracking import redact, retry, unreachable
 
     c = client(tracking_uri)
     name, alias, version = parse_uri(uri)
@@ -79,7 +82,7 @@ def resolve(uri: str, tracking_uri: str | None = None):
     except Exception as exc:  # noqa: BLE001 - MLflow raises its own types per store
         if unreachable(exc):
             raise
-        raise RegistryError(f"{uri} is not in the registry at {c.tracking_uri}: {str(exc).splitlines()[0][:300]}") from None
+        raise RegistryError(f"{uri} is not in the registry at {redact(c.tracking_uri)}: {str(exc).splitlines()[0][:300]}") from None
 
 
 def download(uri: str, cache: str | Path | None = None, tracking_uri: str | None = None) -> RegisteredModel:
@@ -106,9 +109,48 @@ def download(uri: str, cache: str | Path | None = None, tracking_uri: str | None
             got = Path(retry(f"download {uri}", lambda: mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp,
                                                                                              tracking_uri=c.tracking_uri)))
             shutil.move(str(got), folder)
+    want = (mv.tags or {}).get(DIGEST_TAG, "")
+    if want and folder_digest(folder) != want:
+        # a cached copy that changed since it was downloaded, or a store that serves other files: never load it
+        shutil.rmtree(folder, ignore_errors=True)
+        raise RegistryError(f"{uri} (version {mv.version}): its files do not match the SHA-256 recorded when it was "
+                            f"registered; the local copy was removed: run again to download it afresh")
+    if not want:
+        print(f"warning: {uri} (version {mv.version}) was registered without a digest: its files are not verified", flush=True)
     card_file = folder / CARD_FILE
     card = json.loads(card_file.read_text()) if card_file.exists() else {k: _untag(v) for k, v in (mv.tags or {}).items()}
+    check_card_numbers(card, f"{uri} (version {mv.version})")
     return RegisteredModel(mv.name, str(mv.version), mv.run_id or "", folder, card)
+
+
+def folder_digest(folder: Path) -> str:
+    """SHA-256 over every file of a model folder: its relative path and its content's SHA-256."""
+    import hashlib
+
+    lines = []
+    for f in sorted(p for p in Path(folder).rglob("*") if p.is_file() or p.is_symlink()):
+        h = hashlib.sha256()
+        if not f.is_symlink():  # a link in a model folder hashes as a link, never as what it points at
+            with open(f, "rb") as fh:
+                while block := fh.read(1 << 20):
+                    h.update(block)
+        lines.append(f"{f.relative_to(folder).as_posix()}:{'link' if f.is_symlink() else h.hexdigest()}")
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def check_card_numbers(card: Any, what: str, where: str = "card") -> None:
+    """Every number in a card finite and of a plausible size, as a job's own settings are bounded."""
+    import math
+
+    if isinstance(card, dict):
+        for k, v in card.items():
+            check_card_numbers(v, what, f"{where}.{k}")
+    elif isinstance(card, (list, tuple)):
+        for i, v in enumerate(card):
+            check_card_numbers(v, what, f"{where}[{i}]")
+    elif isinstance(card, (int, float)) and not isinstance(card, bool):
+        if not math.isfinite(card) or abs(card) > MAX_CARD_NUMBER:
+            raise RegistryError(f"{what}: {where} is {card!r}, outside what a model card can hold")
 
 
 def _untag(value: str) -> Any:
@@ -200,7 +242,15 @@ def load_model(uri: str, tracking_uri: str | None = None, needs: dict[str, Any] 
 
 
 def instantiate(reg: RegisteredModel, device: str = "cpu"):
-    """The model of a downloaded version, rebuilt from its card with its weights, in eval mode on ``device``."""
+    """The model of a downloaded version, rebuilt from its card with its weights, in eval mode on
+    ``device``; a card whose model would not fit in memory is refused before anything is allocated."""
+    import psutil
+
+    params = sum(p.numel() for p in build_model(reg.card, meta=True).parameters())
+    available = psutil.virtual_memory().available
+    if params * 4 > 0.8 * available:
+        raise RegistryError(f"{reg.uri}: its card describes {params / 1e6:,.1f} M parameters ({params * 4 / 2**30:.1f} GiB in "
+                            f"fp32); {available / 2**30:.1f} GiB is available")
     model = build_model(reg.card)
     model.load_state_dict(load_state_dict(reg.folder))
     return model.eval().to(device)
@@ -224,10 +274,12 @@ def lineage_tags(lineage: dict[str, Any]) -> dict[str, str]:
 
 
 def register_version(c, name: str, source: str, run_id: str, tags: dict[str, str], alias: str = "",
-                     description: str = "") -> dict[str, str]:
+                     description: str = "", digest: str = "") -> dict[str, str]:
     """A registry version of ``source`` (an artefact URI of run ``run_id``) with its card as tags, and the alias.
 
-    A rerun that registers the same MLflow run again gets its version back, not a second one.
+    ``digest``: ``folder_digest`` of the files uploaded to ``source``, recorded so that every
+    download is checked against it. A rerun that registers the same MLflow run again gets its
+    version back, not a second one.
     Returns {"registered": models:/name/N, "alias": models:/name@alias or ""}.
     """
     import mlflow
@@ -237,6 +289,7 @@ def register_version(c, name: str, source: str, run_id: str, tags: dict[str, str
     except mlflow.exceptions.MlflowException:
         c.create_registered_model(name, description=description)
     same = [v for v in c.search_model_versions(f"run_id = '{run_id}'") if v.name == name]
+    tags = {**tags, DIGEST_TAG: digest} if digest else tags
     mv = same[0] if same else c.create_model_version(name, source=source, run_id=run_id, tags=tags)
     if alias:
         c.set_registered_model_alias(name, alias, mv.version)

@@ -86,6 +86,47 @@ def use_venv_torch_extensions() -> str:
     return os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
 
 
+COMPILE_CACHE_ENV = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
+
+
+def private_dir(path: Path) -> Path:
+    """A folder only this user can write, made 0700 when missing. One that is a symlink, belongs to
+    another user, or that others may write is refused: code loaded from it could be anyone's."""
+    import stat
+
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise PermissionError(f"{path} is not a plain folder (a symlink or a file): refusing to use it")
+    if st.st_uid != os.geteuid():
+        raise PermissionError(f"{path} belongs to uid {st.st_uid}, not to this user ({os.geteuid()}): refusing to use it")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)  # ours, but readable or writable by others: close it before anything is written
+    return path
+
+
+def compile_cache_dir() -> Path:
+    """$JUKEBOX_CACHE_DIR/compile, else ~/.cache/jukebox/compile."""
+    root = Path(os.environ.get("JUKEBOX_CACHE_DIR") or "~/.cache/jukebox").expanduser()
+    return root / "compile"
+
+
+def use_private_compile_cache() -> Path:
+    """torch.compile's generated code and pickled graphs in this user's own 0700 folder, not the
+    predictable /tmp/torchinductor_<user>, which torch uses even when another user made it first
+    (its owner could then swap the code the next compiled step runs). Set in this process's
+    environment, so Ray workers started from it inherit it; a worker on another node calls it too."""
+    root = private_dir(compile_cache_dir())
+    for var, sub in zip(COMPILE_CACHE_ENV, ("inductor", "triton"), strict=True):
+        given = os.environ.get(var)
+        os.environ[var] = str(private_dir(Path(given).expanduser() if given else root / sub))
+    return root
+
+
 def free_port() -> int:
     import socket
 

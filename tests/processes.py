@@ -50,3 +50,27 @@ def stop(proc: subprocess.Popen) -> None:
     """Stop a process started in its own session, by its process group."""
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=60)
+
+
+PEAK_RSS_MARK = "peak_rss_mb="
+
+
+def run_with_peak_rss(script: Path, args: list[str], env: dict | None = None,
+                      timeout: int = 1800) -> tuple[subprocess.CompletedProcess, float]:
+    """Run a job script in a fresh interpreter that prints its own peak RSS (the driver's, not Ray's
+    worker processes') as it exits; -> (the process, the peak in MB)."""
+    import sys
+
+    code = ("import resource, runpy, sys\n"
+            f"sys.argv = [{str(script)!r}, *sys.argv[1:]]\n"
+            "code = 0\n"
+            "try:\n"
+            f"    runpy.run_path({str(script)!r}, run_name='__main__')\n"
+            "except SystemExit as exc:\n"
+            "    code = exc.code or 0\n"
+            f"print({PEAK_RSS_MARK!r} + str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), flush=True)\n"
+            "sys.exit(code)\n")
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=ROOT)
+    marks = [line for line in proc.stdout.splitlines() if line.startswith(PEAK_RSS_MARK)]
+    return proc, float(marks[-1].removeprefix(PEAK_RSS_MARK)) if marks else float("nan")

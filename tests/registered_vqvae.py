@@ -18,7 +18,7 @@ def register_tiny_vqvae(tracking_uri: str, level: str, seed: int = 0, alias: str
 
     from models.vqvae import TINY, VQVAE
     from pipeline.audio import TARGET_SAMPLE_RATE
-    from pipeline.registry import CARD_FILE, card_tags, register_version
+    from pipeline.registry import CARD_FILE, card_tags, folder_digest, register_version
     from pipeline.tracking import experiment_id
     from pipeline.weights import SINGLE_FILE
 
@@ -35,9 +35,11 @@ def register_tiny_vqvae(tracking_uri: str, level: str, seed: int = 0, alias: str
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(Path(tmp) / SINGLE_FILE))
         (Path(tmp) / CARD_FILE).write_text(json.dumps(card))
         client.log_artifacts(run.info.run_id, tmp, "model")
+        digest = folder_digest(Path(tmp))
     client.set_terminated(run.info.run_id)
     source = f"{client.get_run(run.info.run_id).info.artifact_uri}/model"
-    return register_version(client, f"jukebox-vqvae-{level}", source, run.info.run_id, card_tags(card), alias)["registered"]
+    return register_version(client, f"jukebox-vqvae-{level}", source, run.info.run_id, card_tags(card), alias,
+                            digest=digest)["registered"]
 
 
 def register_tiny_prior(tracking_uri: str, level: str, vqvae: str, upper_vqvae: str = "", seed: int = 0, alias: str = "current",
@@ -50,7 +52,7 @@ def register_tiny_prior(tracking_uri: str, level: str, vqvae: str, upper_vqvae: 
     from models.prior import Prior
     from models.prior_configs import TINY
     from pipeline.audio import TARGET_SAMPLE_RATE
-    from pipeline.registry import CARD_FILE, card_tags, register_version
+    from pipeline.registry import CARD_FILE, card_tags, folder_digest, register_version
     from pipeline.tracking import experiment_id
     from pipeline.weights import SINGLE_FILE
 
@@ -68,6 +70,8 @@ def register_tiny_prior(tracking_uri: str, level: str, vqvae: str, upper_vqvae: 
         save_file(state, str(Path(tmp) / SINGLE_FILE))
         (Path(tmp) / CARD_FILE).write_text(json.dumps(card))
         client.log_artifacts(run.info.run_id, tmp, "model")
+        digest = folder_digest(Path(tmp))
     client.set_terminated(run.info.run_id)
     source = f"{client.get_run(run.info.run_id).info.artifact_uri}/model"
-    return register_version(client, register or f"jukebox-prior-{level}", source, run.info.run_id, card_tags(card), alias)["registered"]
+    return register_version(client, register or f"jukebox-prior-{level}", source, run.info.run_id, card_tags(card), alias,
+                            digest=digest)["registered"]

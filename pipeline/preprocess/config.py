@@ -16,9 +16,22 @@ from pipeline.services import RUNS_HELP
 class IngestConfig:
     max_genre_words: int = field(5, "genre words kept per song (the paper used at most 5)", ge=1)
     hash_chunk_bytes: int = field(4 << 20, "read size while hashing audio content", ge=4096)
+    max_file_gb: float = field(32.0, "audio files larger than this are quarantined before anything reads them (GiB)",
+                               ge=None, gt=0)
+    max_manifest_rows: int = field(10_000_000, "a manifest with more rows is refused before any work", ge=1)
+    max_manifest_mb: float = field(8192.0, "a manifest that decodes to more text than this is refused (MiB; a Parquet file "
+                                           "can declare far more than its size)", ge=None, gt=0)
     corpus_root: str = field("", "audio and lyrics paths of the input must resolve (symlinks followed) inside this folder, "
                                  "else the input is quarantined; 'off' allows any path; default: off for a local run, the "
                                  "input's folder under ray job submit (a manifest must not read the cluster's other files)")
+
+    def max_file_bytes(self) -> int:
+        return int(self.max_file_gb * 2**30)
+
+    def manifest_limits(self):
+        from pipeline.preprocess.ingest import ManifestLimits
+
+        return ManifestLimits(self.max_manifest_rows, int(self.max_manifest_mb * 2**20))
 
     def confine_to(self, input_path: str) -> Path | None:
         """The folder inputs must stay in, or None."""

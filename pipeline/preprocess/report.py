@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,14 @@ def write_report(songs: list[dict[str, Any]], folder: Path) -> list[Path]:
     plt.close(fig)
 
     shown = sorted(songs, key=lambda s: s["song_id"])[:60]  # a readable bar chart
-    labels = [(s["title"] or s["song_id"][:8])[:24] for s in shown]
+    # a title is text, never maths: matplotlib would parse "$...$" and fail on what it cannot typeset
+    labels = [(s["title"] or s["song_id"][:8])[:24].replace("$", r"\$") for s in shown]
     for column, title, colour in (("vocal_activity_ratio", "Vocal-activity ratio (share of frames with singing)", "#228833"),
                                   ("alignment_coverage", "Alignment coverage (share of word onsets on sung frames)", "#aa3377")):
         fig, ax = plt.subplots(figsize=(7, 0.3 * len(shown) + 1.2))
-        ax.barh(labels, [s[column] for s in shown], color=colour)
+        # by position: two songs with one title stay two bars
+        ax.barh(range(len(shown)), [s[column] for s in shown], color=colour)
+        ax.set_yticks(range(len(shown)), labels)
         ax.set(xlim=(0, 1), title=title)
         ax.invert_yaxis()
         fig.tight_layout()
@@ -46,8 +50,19 @@ def write_report(songs: list[dict[str, Any]], folder: Path) -> list[Path]:
     return paths
 
 
+def _report_or_warning(songs: list[dict[str, Any]], folder: Path) -> list[Path]:
+    """The plots, or a warning: the data is committed by now, and a plot must never fail the run."""
+    try:
+        return write_report(songs, folder)
+    except Exception as exc:  # noqa: BLE001 - whatever a title or a value does to matplotlib
+        plt.close("all")
+        print(f"warning: the corpus report could not be drawn ({type(exc).__name__}: {str(exc)[:200]}); "
+              "the shards and the summary are complete", flush=True)
+        return []
+
+
 def log_run(cfg, out: Path, summary: dict[str, Any], manifest_text: str, vocab: dict, songs: list[dict[str, Any]],
-            outcomes: list[dict[str, Any]]) -> str:
+            outcomes: Path | None) -> str:
     """The run's record in MLflow; an unreachable server is waited out (``pipeline.tracking``)."""
     from pipeline.tracking import TrackedRun
 
@@ -64,9 +79,9 @@ def log_run(cfg, out: Path, summary: dict[str, Any], manifest_text: str, vocab: 
             (t / "summary.json").write_text(json.dumps(summary, indent=1))
             (t / "manifest.json").write_text(manifest_text)
             (t / f"vocab-v{summary['vocab_version']}.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=1))
-            if outcomes:
-                pq.write_table(pa.Table.from_pylist(outcomes), t / "inputs.parquet")
-            report = write_report(songs, t / "report")
+            if outcomes is not None:
+                shutil.copyfile(outcomes, t / "inputs.parquet")
+            report = _report_or_warning(songs, t / "report")
             if songs:
                 pq.write_table(pa.Table.from_pylist(songs), t / "report" / "songs.parquet")
             for f in sorted(t.glob("*")):

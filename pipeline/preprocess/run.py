@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -20,18 +21,17 @@ import shutil
 import socket
 import time
 import uuid
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.config import ConfigError, flatten
 from pipeline.data import shards
 from pipeline.data.vocab import update_vocab
 from pipeline.preprocess.config import PreprocessConfig
-from pipeline.preprocess.ingest import list_inputs
+from pipeline.preprocess.ingest import iter_inputs
+from pipeline.preprocess.plan import INGESTED_SCHEMA, PLAN_SCHEMA, ExistingOutput, Outcomes, Spool, plan, sort_out
 from pipeline.preprocess.report import log_run
 from pipeline.preprocess.stages import PIPELINE, IngestStage, Stage
 from pipeline.separate.choose import choose_separator, preflight
@@ -104,47 +104,14 @@ def _write_batch(batch: pa.Table, out: str, run_id: str, layout: dict[str, Any])
     return pa.Table.from_pylist([{**{k: r.get(k) for k in keep}, "shard": part} for r in rows])
 
 
+INGEST_BLOCK_ROWS = 256  # rows per ingest task: hashing is cheap, a task is not
+
+
 def quarantine_config_key(cfg: PreprocessConfig, choice) -> str:
     """The settings an input's fate depends on: change one and every quarantined input is tried again."""
     decisive = {k: flatten(getattr(cfg, k)) for k in ("ingest", "decode", "separate", "align")}
     decisive["separator"] = [choice.name, choice.version] if choice is not None else None
     return hashlib.sha256(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _existing_state(out: Path, config_key: str) -> tuple[set[str], set[tuple[str, int, int]]]:
-    """Songs in the output, and the inputs to skip: quarantined for their content under this config,
-    unchanged since. Transient and internal failures, and rows of older runs without a kind, are retried."""
-    songs = shards.read_table(out, shards.SONGS, ["song_id"])
-    song_ids = set(songs["song_id"].to_pylist()) if songs is not None else set()
-    q: set[tuple[str, int, int]] = set()
-    folder = out / shards.QUARANTINE
-    for part in sorted(folder.glob("*.parquet")) if folder.exists() else []:
-        table = pq.read_table(part)
-        if "config_key" not in table.column_names:  # written before the kinds existed
-            continue
-        for r in table.select(["source", "file_size", "file_mtime_ns", "error_kind", "config_key"]).to_pylist():
-            if r["error_kind"] == "input" and r["config_key"] == config_key:
-                q.add((r["source"], r["file_size"], r["file_mtime_ns"]))
-    return song_ids, q
-
-
-def classify(ingested: list[dict[str, Any]], song_ids: set[str], quarantined: set[tuple]) -> tuple[list, list]:
-    """-> (rows to process in pass 2, rows skipped because the output already has them)."""
-    pending, skipped, first_seen = [], [], {}
-    for row in sorted(ingested, key=lambda r: r["input_index"]):
-        if row["status"] == "ok" and row["song_id"] in song_ids:
-            skipped.append({**row, "reason": "song already in songs/"})
-        elif (row["source"], row["file_size"], row["file_mtime_ns"]) in quarantined:
-            skipped.append({**row, "reason": "quarantined by an earlier run for its content, file and config unchanged since"})
-        elif row["status"] == "ok" and row["song_id"] in first_seen:
-            row.update(status="quarantined", stage="dedup", error_kind="input",
-                       error=f"duplicate content: same audio as {first_seen[row['song_id']]} (song_id {row['song_id']})")
-            pending.append(row)
-        else:
-            if row["status"] == "ok":
-                first_seen[row["song_id"]] = row["source"]
-            pending.append(row)
-    return pending, skipped
 
 
 def run_preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
@@ -162,64 +129,72 @@ def run_preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
         demo = out.parent / "demo_corpus"
         cfg = dataclasses.replace(cfg, input=str(demo / "manifest.csv") if (demo / "manifest.csv").exists()
                                   else str(make_demo_corpus(demo)))
-    # config errors surface before Ray starts
-    records = list_inputs(cfg.input, cfg.ingest.max_genre_words, cfg.ingest.confine_to(cfg.input))
-    for i, rec in enumerate(records):
-        rec["input_index"] = i
+    inputs = iter_inputs(cfg.input, cfg.ingest.max_genre_words, cfg.ingest.confine_to(cfg.input), cfg.ingest.manifest_limits())
+    first = next(inputs, None)  # config errors (no input, no audio column) surface before anything is written
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     with OutputLock(out):
         shards.claim_output(out, run_id)  # a killed run's straggling worker commits nothing from now on
         recovered = shards.recover(out)
         choice = choose_separator(cfg.separate, out, cfg.mlflow_tracking_uri)  # model errors before Ray starts
         config_key = quarantine_config_key(cfg, choice)
-        song_ids, quarantined = _existing_state(out, config_key)
-        with phase("ray_start"):
-            init_ray(cfg.ray_address, cfg.num_cpus, cfg.progress)
-        cpus = int(ray.cluster_resources().get("CPU", 1))
+        work = out / shards.STAGING / f"{run_id}-plan"  # the driver's spools, removed with the staging folder
+        outcomes = Outcomes(out / "runs" / f"{run_id}.inputs.parquet")
+        layout = {"encoding": cfg.shards.encoding, "segment_samples": cfg.shards.segment_samples,
+                  "segments_per_row_group": cfg.shards.segments_per_row_group, "compression": cfg.shards.compression,
+                  "config_key": config_key}
+        with phase("plan"):
+            existing = ExistingOutput(out, config_key)
+            to_ingest = Spool(work / "to_ingest", PLAN_SCHEMA, row_group_rows=INGEST_BLOCK_ROWS)
+            inputs_seen = plan(itertools.chain([first] if first else [], inputs), existing, to_ingest, outcomes)
+        if to_ingest.rows:
+            with phase("ray_start"):
+                init_ray(cfg.ray_address, cfg.num_cpus, cfg.progress)
+        cpus = int(ray.cluster_resources().get("CPU", 1)) if to_ingest.rows else 1
         # Decode is fused into the separator actors by Ray Data; align + write are ~10% of the work,
         # so the pool leaves them ~10% of the CPUs (at least one): a pool holding every CPU would
         # starve them and stall the stream once the object store fills.
         actors = cfg.separate.actors or max(1, int((cpus - max(1, math.ceil(0.1 * cpus))) / cfg.separate.cpus_per_actor))
 
-        ingested = []
         with phase("ingest"):
-            if records:
-                ds = ray.data.from_items(records, override_num_blocks=min(len(records), 4 * cpus))
-                ingested = apply_stage(ds, IngestStage, cfg).take_all()
-        pending, skipped = classify(ingested, song_ids, quarantined)
-        if pending:
+            if to_ingest.rows:  # written by the workers: the hashed rows never pass through this process
+                apply_stage(to_ingest.dataset(), IngestStage, cfg).write_parquet(str(work / "ingested"))
+            ingested = Spool.written_by_ray(work / "ingested", INGESTED_SCHEMA)
+            # a block per song for small runs (the pool spreads them), at most 64 songs for large ones
+            pending = Spool(work / "pending", INGESTED_SCHEMA, row_group_rows=max(1, min(64, ingested.rows // 200)))
+
+            def write_quarantined(rows: list[dict[str, Any]]) -> None:
+                _write_batch(pa.Table.from_pylist(rows), str(out), run_id, layout)
+                outcomes.add(rows)
+
+            sort_out(ingested, existing, pending, write_quarantined, outcomes)
+        if pending.rows:
             with phase("separator_preflight"):
                 preflight(choice)  # a corrupt model: one clear error before any song is processed
-
-        results: list[dict[str, Any]] = []
         with phase("pipeline"):
-            if pending:
-                results = build_pipeline(ray.data.from_items(pending, override_num_blocks=min(len(pending), 200)),
-                                          cfg, out, run_id, actors, choice, config_key).take_all()
+            if pending.rows:
+                for batch in build_pipeline(pending.dataset(), cfg, out, run_id, actors, choice,
+                                            layout).iter_batches(batch_size=None, batch_format="pyarrow"):
+                    outcomes.add(batch.to_pylist())
         shutil.rmtree(out / shards.STAGING, ignore_errors=True)  # every shard of this run is committed
         with phase("finish"):
-            summary = _finish(cfg, out, run_id, records, results, skipped, recovered, started, phase, choice)
+            summary = _finish(cfg, out, run_id, inputs_seen, outcomes, recovered, started, phase, choice)
     # again, now with the finish phase timed and the MLflow run id
     _atomic_write(out / "summary.json", json.dumps(summary, indent=1))
     _atomic_write(out / "runs" / f"{run_id}.json", json.dumps(summary, indent=1))
     return summary
 
 
-def build_pipeline(ds, cfg: PreprocessConfig, out: Path, run_id: str, actors: int, choice=None, config_key: str = ""):
+def build_pipeline(ds, cfg: PreprocessConfig, out: Path, run_id: str, actors: int, choice, layout: dict[str, Any]):
     """decode -> separate -> align -> write, as one streaming Ray Dataset."""
     for stage_cls in PIPELINE:
         ds = apply_stage(ds, stage_cls, cfg, actors, choice)
-    layout = {"encoding": cfg.shards.encoding, "segment_samples": cfg.shards.segment_samples,
-              "segments_per_row_group": cfg.shards.segments_per_row_group, "compression": cfg.shards.compression,
-              "config_key": config_key}
     return ds.map_batches(_write_batch, batch_size=cfg.shards.songs_per_shard, batch_format="pyarrow",
                           fn_kwargs={"out": str(out), "run_id": run_id, "layout": layout}, num_cpus=1)
 
 
-def _finish(cfg: PreprocessConfig, out: Path, run_id: str, records: list, results: list, skipped: list,
-            recovered: dict, started: float, phase, choice) -> dict[str, Any]:
-    ok = [r for r in results if r["status"] == "ok"]
-    bad = [r for r in results if r["status"] != "ok"]
+def _finish(cfg: PreprocessConfig, out: Path, run_id: str, inputs_seen: int, outcomes: Outcomes, recovered: dict,
+            started: float, phase, choice) -> dict[str, Any]:
+    outcomes_file = outcomes.close()
     all_songs = list(shards.iter_song_rows(out, ["song_id", "title", "artist", "genres", "duration_s",
                                                  "vocal_activity_ratio", "alignment_coverage", "alignment_method"]))
     vocab_version, vocab = update_vocab(out / "vocab", [s["artist"] for s in all_songs], [s["genres"] for s in all_songs],
@@ -232,36 +207,31 @@ def _finish(cfg: PreprocessConfig, out: Path, run_id: str, records: list, result
     manifest_sha = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
     _atomic_write(out / "manifest.json", manifest_text)
 
-    audio_s = sum(r["duration_s"] or 0.0 for r in ok)
+    audio_s = outcomes.audio_seconds
     pass2_s = phase.phases["pipeline"]["wall_s"]
     wall = time.time() - started
+    counts = outcomes.counts
     summary = {
         "run_id": run_id, "input": str(cfg.input), "output": str(out),
-        "inputs": len(records), "ok": len(ok), "quarantined": len(bad), "skipped_existing": len(skipped),
-        "quarantined_by_stage": dict(Counter(r["stage"] for r in bad)),
+        "inputs": inputs_seen, "ok": counts["ok"], "quarantined": counts["quarantined"], "skipped_existing": counts["skipped_existing"],
+        "quarantined_by_stage": dict(outcomes.by_stage),
         "audio_seconds": round(audio_s, 2), "wall_seconds": round(wall, 2), "pipeline_seconds": round(pass2_s, 2),
         "realtime_factor": round(audio_s / pass2_s, 2) if pass2_s > 0 and audio_s else 0.0,
         "songs_total": len(all_songs), "quarantine_total": sum(p["rows"] for p in parts if p["path"].startswith("quarantine/")),
         "vocab_version": vocab_version, "manifest_sha256": manifest_sha, "recovered": recovered, "separator": separator,
         # which aligner each song of this run got (the chain steps down per song; the reasons are in songs/)
-        "alignment_methods": dict(Counter((r["alignment_method"] or "").split(" ")[0] for r in ok)),
+        "alignment_methods": dict(outcomes.aligned_by),
     }
     if summary["inputs"] != summary["ok"] + summary["quarantined"] + summary["skipped_existing"]:
         raise RuntimeError(f"reconciliation failed: {summary}")  # would mean a lost input: never hide it
-    outcomes = [{"source": r["source"], "status": r["status"], "song_id": r.get("song_id") or "", "stage": r.get("stage") or "",
-                 "reason": r.get("error") or ""} for r in results]
-    outcomes += [{"source": r["source"], "status": "skipped_existing", "song_id": r.get("song_id") or "", "stage": "",
-                  "reason": r["reason"]} for r in skipped]
-    (out / "runs").mkdir(exist_ok=True)
-    if outcomes:
-        pq.write_table(pa.Table.from_pylist(outcomes), out / "runs" / f"{run_id}.inputs.parquet")
     summary["phases"] = phase.phases
     # The data is committed: record the run before talking to MLflow, so an unreachable
     # tracking server costs the tracking, not the record of what was written.
+    (out / "runs").mkdir(exist_ok=True)
     _atomic_write(out / "runs" / f"{run_id}.json", json.dumps(summary, indent=1))
     _atomic_write(out / "summary.json", json.dumps(summary, indent=1))
-    summary["mlflow_run_id"] = log_run(cfg, out, summary, manifest_text, vocab, all_songs, outcomes)
-    print_summary(summary, bad)
+    summary["mlflow_run_id"] = log_run(cfg, out, summary, manifest_text, vocab, all_songs, outcomes_file)
+    print_summary(summary, outcomes.failures)
     return summary
 
 
@@ -278,4 +248,6 @@ def print_summary(summary: dict[str, Any], bad: list[dict[str, Any]]) -> None:
     if bad:
         print(format_table(["quarantined input", "stage", "reason"],
                            [[Path(r["source"]).name[:40], r["stage"], (r["error"] or "")[:90]] for r in bad]))
+        if summary["quarantined"] > len(bad):
+            print(f"... and {summary['quarantined'] - len(bad):,} more quarantined inputs (runs/{summary['run_id']}.inputs.parquet)")
     print(f"output: {summary['output']}  (summary.json, songs/, segments/, quarantine/)  mlflow run: {summary.get('mlflow_run_id')}")

@@ -42,7 +42,9 @@ class SampleConfig:
     genre: str = field(UNKNOWN, "genre name(s), comma-separated")
     lyrics: str = field("", "lyrics text, or a .txt file (the top prior with lyrics)")
     duration: float = field(20.0, "seconds of audio per sample (exact)", ge=None, gt=0)
-    n_samples: int = field(1, "samples in one batch", ge=1)
+    max_duration: float = field(0.0, "refuse a longer --duration (0 = the longest song the priors' timing conditioning was "
+                                     "trained for, from their cards)")
+    n_samples: int = field(1, "samples in one batch", ge=1, le=256)
     seed: int = field(0, "the same seed gives the same codes")
     temperature: float = field(0.98, "top-level temperature (the paper: 0.98-0.99)", ge=None, gt=0)
     upsample_temperature: float = field(0.99, "upsamplers' temperature", ge=None, gt=0)
@@ -52,8 +54,8 @@ class SampleConfig:
     hop_fraction: float = field(0.5, "windows longer than the context advance by this fraction of it", ge=None, gt=0, le=1)
     segment_seconds: float = field(4.0, "upsampling: a level is split into segments of this length, sampled independently "
                                         "(in parallel over --workers); windows inside a segment continue each other")
-    workers: int = field(0, "Ray actors for upsampling (each holds the models once); 0 = in this process")
-    threads: int = field(1, "torch threads per sampler: one-token steps of a small batch are faster on one", ge=1)
+    workers: int = field(0, "Ray actors for upsampling (each holds the models once); 0 = in this process", le=1024)
+    threads: int = field(1, "torch threads per sampler: one-token steps of a small batch are faster on one", ge=1, le=1024)
     compile: str = field("auto", "torch.compile the one-token step: auto (when a level samples >= 2048 tokens), true, false")
     decode_levels: str = field("bottom", "levels to decode to audio (each on its own VQ-VAE): any of top,middle,bottom")
     device: str = field("auto", "auto (a GPU when there is one), cpu or cuda")

@@ -39,6 +39,10 @@ class Segment:
     end: int
     known: np.ndarray  # (n_samples, k) the segment's first k tokens: a prompt's codes, or what a killed run saved
 
+    @property
+    def finished(self) -> bool:
+        return self.known.shape[1] >= self.end - self.start
+
 
 def window_seed(seed: int, level: str, start: int) -> int:
     return int(hashlib.sha256(f"{seed}:{level}:{start}".encode()).hexdigest()[:15], 16)
@@ -92,8 +96,8 @@ def window_hop(n_ctx: int, hop_fraction: float, ratio: int) -> int:
     return max(ratio, int(n_ctx * hop_fraction) // ratio * ratio)
 
 
-def segment_windows(segment: Segment, n_ctx: int, hop: int, ratio: int) -> list[tuple[int, int]]:
-    """(start, end) of the windows left to sample in a segment, relative to its start."""
+def segment_windows(segment: Segment, n_ctx: int, hop: int, ratio: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of the windows left to sample in a segment, relative to its start, one at a time."""
     return window_starts(segment.end - segment.start, n_ctx, hop, segment.known.shape[1], ratio)
 
 
@@ -119,7 +123,9 @@ class SegmentWorker:
     def prepare(self, level: str, settings: SamplingSettings, cond: Conditioning, n_samples: int, seed: int,
                 hop_fraction: float, compile_step: bool, upper: np.ndarray | None, ratio: int) -> bool:
         from pipeline.registry import download, instantiate
+        from pipeline.services import use_private_compile_cache
 
+        use_private_compile_cache()  # an actor on another node compiles into its own user's folder too
         torch.set_num_threads(self.threads)
         prior = instantiate(download(self.models[level], tracking_uri=self.tracking), self.device)  # downloaded once per machine
         self.samplers[level] = LevelSampler(level, prior, settings, cond, n_samples, seed, hop_fraction, compile_step, upper, ratio)

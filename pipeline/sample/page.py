@@ -7,9 +7,12 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pipeline.sample.output import SampleOutput
 
 PAGE = "index.html"
 
@@ -43,7 +46,7 @@ table { border-collapse: collapse; font-size: .9em; } td { padding: .1em .8em .1
 """
 
 
-def spectrogram_png(wave: np.ndarray, sample_rate: int, path: Path) -> None:
+def spectrogram_png(wave: np.ndarray, sample_rate: int, fh: BinaryIO) -> None:
     """A log-magnitude spectrogram (0-11 kHz) as a PNG."""
     import matplotlib
 
@@ -58,11 +61,11 @@ def spectrogram_png(wave: np.ndarray, sample_rate: int, path: Path) -> None:
     ax.set_xlabel("seconds")
     ax.set_ylabel("kHz")
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(fh, format="png")
     plt.close(fig)
 
 
-def write_page(out: Path, cfg, models, wavs: dict[tuple[str, int], Path], alignment: list | None, lyrics: str) -> Path:
+def write_page(out: SampleOutput, cfg, models, wavs: dict[tuple[str, int], Path], alignment: list | None, lyrics: str) -> Path:
     import soundfile as sf
 
     facts: dict[str, Any] = {"artist": cfg.artist, "genre": cfg.genre, "duration": f"{cfg.duration} s", "seed": cfg.seed,
@@ -72,9 +75,8 @@ def write_page(out: Path, cfg, models, wavs: dict[tuple[str, int], Path], alignm
     cards = []
     for (level, i), wav in sorted(wavs.items(), key=lambda kv: (kv[0][1], kv[0][0] != "bottom", kv[0][0])):
         wave, sr = sf.read(wav, dtype="float32")
-        png = wav.with_suffix(".png")
-        spectrogram_png(wave, sr, png)
-        rel = lambda p: p.relative_to(out).as_posix()  # noqa: E731
+        rel = lambda p: p.relative_to(out.root).as_posix()  # noqa: E731
+        png = out.write(rel(wav.with_suffix(".png")), lambda fh, wave=wave, sr=sr: spectrogram_png(wave, sr, fh))
         points = alignment[i] if alignment is not None else []  # times: the same for every level's audio
         text = "".join(f"<span>{html.escape(c)}</span>" for c in lyrics) if lyrics else ""
         cards.append(f"""<div class="sample" data-alignment='{html.escape(json.dumps(points))}'>
@@ -83,8 +85,7 @@ def write_page(out: Path, cfg, models, wavs: dict[tuple[str, int], Path], alignm
 <img alt="spectrogram of sample {i}" src="{rel(png)}">
 {f'<div class="lyrics">{text}</div>' if text else ''}
 </div>""")
-    page = out / PAGE
-    page.write_text(f"""<!doctype html>
+    return out.write_text(PAGE, f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Jukebox samples: {html.escape(cfg.artist)}</title>
 <style>{_STYLE}</style></head>
 <body><h1>Jukebox samples</h1>
@@ -92,5 +93,4 @@ def write_page(out: Path, cfg, models, wavs: dict[tuple[str, int], Path], alignm
 {''.join(cards)}
 <script>{_SCRIPT}</script>
 </body></html>
-""", encoding="utf-8")
-    return page
+""")

@@ -9,7 +9,7 @@ Output folder::
 
     request.json            what was asked (a different request into the same folder is refused)
     codes/<level>.npy       (n_samples, tokens) int16 per finished level
-    codes/partial/<level>-<segment>.npy   a segment's codes after its last finished window
+    codes/partial/<level>-<segment>/<token>.npy   each finished window's new codes (for resuming)
     sample-<i>.wav          the decoded bottom level (other levels: <level>/sample-<i>.wav)
     index.html, *.png       the page: each sample's audio, spectrogram and lyrics
 """
@@ -28,22 +28,15 @@ import numpy as np
 
 from models import levels
 from pipeline.config import ConfigError, flatten
+from pipeline.sample import budget
 from pipeline.sample.config import SampleConfig
 from pipeline.sample.level import Conditioning, SegmentWorker, segment_windows, window_hop
+from pipeline.sample.output import SampleOutput
 from pipeline.sample.sampler import Sampler
 from pipeline.services import runs_dir
 
 # what may change between a run and its resumption without changing what it makes
 RESUMABLE_FIELDS = ("out", "workers", "threads", "mlflow_tracking_uri", "experiment", "ray_address", "decode_levels")
-
-
-def _save(path: Path, array: np.ndarray) -> None:
-    """Atomically: a killed run leaves the previous file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
 
 
 class Progress:
@@ -66,20 +59,6 @@ class Progress:
                 left = (self.tokens - self.done_tokens) / rate if rate else float("inf")
                 print(f"[{self.level}] windows {self.done_windows}/{self.windows}, {rate:,.0f} tokens/s, ~{left:,.0f} s left",
                       flush=True)
-
-
-def claim_output(out: Path, request: dict[str, Any]) -> None:
-    """A new folder gets the request; a folder with another request is refused, naming what differs."""
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "request.json"
-    if path.exists():
-        before = json.loads(path.read_text())
-        differs = sorted(k for k in set(before) | set(request) if before.get(k) != request.get(k))
-        if differs:
-            raise ConfigError(f"{out} holds another run (it differs in {', '.join(differs)}): use another --out, "
-                              f"or the same settings to resume it")
-        return
-    path.write_text(json.dumps(request, indent=1, sort_keys=True))
 
 
 def known_codes(cfg: SampleConfig, sampler: Sampler) -> dict[str, np.ndarray]:
@@ -107,26 +86,45 @@ def known_codes(cfg: SampleConfig, sampler: Sampler) -> dict[str, np.ndarray]:
 
 
 def sample_level(level: str, cfg: SampleConfig, sampler: Sampler, cond: Conditioning, total: int, known: np.ndarray | None,
-                 upper: np.ndarray | None, out: Path, workers: list | None) -> tuple[np.ndarray, dict]:
-    """One level, each segment continuing from what a killed run saved of it, saved after every window."""
+                 upper: np.ndarray | None, out: SampleOutput, workers: list | None) -> tuple[np.ndarray, dict]:
+    """One level, each segment continuing from what a killed run saved of it. Each window's new
+    tokens are appended as their own file (``codes/partial/<level>-<segment>/<first token>.npy``):
+    saving costs the window, not the whole segment again."""
     segments = sampler.segments(level, total, cfg.n_samples, cfg.segment_seconds, known)
     for segment in segments:
-        partial = out / "codes" / "partial" / f"{level}-{segment.index:04d}.npy"
-        if partial.exists():
-            segment.known = np.load(partial)  # a killed run's last finished window of this segment
+        segment.known = resume_partial(out, level, segment)
     n_ctx = int(sampler.models.priors[level].card["n_ctx"])
     ratio = levels.ratio(level) if level != "top" else 1
     hop = window_hop(n_ctx, cfg.hop_fraction, ratio)
-    progress = Progress(level, sum(len(segment_windows(s, n_ctx, hop, ratio)) for s in segments),
+    progress = Progress(level, sum(sum(1 for _ in segment_windows(s, n_ctx, hop, ratio)) for s in segments),
                         sum(s.end - s.start - s.known.shape[1] for s in segments))
     have = {s.index: s.known.shape[1] for s in segments}
 
     def on_window(segment, codes: np.ndarray) -> None:
-        _save(out / "codes" / "partial" / f"{level}-{segment.index:04d}.npy", codes.astype(np.int16))
+        out.save_npy(f"{_partial(level, segment.index)}/{have[segment.index]:010d}.npy",
+                     codes[:, have[segment.index]:].astype(np.int16))
         progress.window(codes.shape[1] - have[segment.index])
         have[segment.index] = codes.shape[1]
 
     return sampler.sample_level(level, segments, cond, cfg.settings(level), cfg.seed, cfg.hop_fraction, upper, on_window, workers)
+
+
+def _partial(level: str, segment: int) -> str:
+    return f"codes/partial/{level}-{segment:04d}"
+
+
+def resume_partial(out: SampleOutput, level: str, segment) -> np.ndarray:
+    """The segment's known tokens followed by the windows a killed run saved of it, in order."""
+    folder = out.path(f"{_partial(level, segment.index)}/x").parent
+    chunks = [segment.known]
+    done = segment.known.shape[1]
+    for name in sorted(p.name for p in folder.glob("*.npy")) if folder.is_dir() else []:
+        if int(name.removesuffix(".npy")) != done:  # a gap: what follows cannot continue this segment
+            break
+        chunk = out.load_npy(f"{_partial(level, segment.index)}/{name}")
+        chunks.append(chunk.astype(segment.known.dtype))
+        done += chunk.shape[1]
+    return np.concatenate(chunks, axis=1) if len(chunks) > 1 else segment.known
 
 
 def sample(cfg: SampleConfig) -> dict[str, Any]:
@@ -142,14 +140,16 @@ def sample(cfg: SampleConfig) -> dict[str, Any]:
     lyrics = read_lyrics(cfg.lyrics) if cfg.lyrics else ""
     cond = sampler.conditioning(cfg.duration, cfg.artist, cfg.genres(), lyrics)
     tokens = sampler.tokens(cfg.duration)
-    out = Path(cfg.out).expanduser().resolve() if cfg.out else runs_dir() / "samples" / "sample"
+    out = SampleOutput(Path(os.path.abspath(Path(cfg.out).expanduser())) if cfg.out else runs_dir() / "samples" / "sample")
+    budget.check(cfg.duration, cfg.max_duration, [p.card for p in sampler.models.priors.values()], cfg.n_samples,
+                 {lv: tokens[lv] for lv in cfg.level_list()}, cfg.decode_list(), cond.total_samples, out.root)
     known = known_codes(cfg, sampler)
     if cfg.top_codes and known["top"].shape[1] < tokens["top"]:
         raise ConfigError(f"--top_codes holds {known['top'].shape[1]} top tokens; {cfg.duration} s needs {tokens['top']}")
     request = {k: v for k, v in flatten(cfg).items() if k not in RESUMABLE_FIELDS and not k.startswith("models.")}
-    claim_output(out, {**request, "model_versions": sampler.models.versions()})
+    out.claim({**request, "model_versions": sampler.models.versions()})
     print(f"sampling {cfg.n_samples} x {cfg.duration} s ({', '.join(f'{lv} {tokens[lv]} tokens' for lv in cfg.level_list())}) "
-          f"into {out}", flush=True)
+          f"into {out.root}", flush=True)
     with _ray_workers(cfg, sampler, tracking) as workers:
         codes, facts = _sample_levels(cfg, sampler, cond, tokens, known, out, workers)
     audio = write_wavs(cfg, sampler, codes, cond.total_samples, out)
@@ -157,7 +157,7 @@ def sample(cfg: SampleConfig) -> dict[str, Any]:
     from pipeline.sample.page import write_page
 
     page = write_page(out, cfg, sampler.models, audio, alignment, lyrics)
-    summary = {"out": str(out), "page": str(page), "wavs": sorted(str(p) for p in audio.values()),
+    summary = {"out": str(out.root), "page": str(page), "wavs": sorted(str(p) for p in audio.values()),
                "model_versions": sampler.models.versions(), "tokens": {lv: tokens[lv] for lv in cfg.level_list()}, **facts,
                "wall_seconds": round(time.time() - started, 1)}
     summary["mlflow_run_id"] = log_run(cfg, sampler, tracking, out, summary)
@@ -165,13 +165,13 @@ def sample(cfg: SampleConfig) -> dict[str, Any]:
 
 
 def _sample_levels(cfg: SampleConfig, sampler: Sampler, cond: Conditioning, tokens: dict[str, int], known: dict[str, np.ndarray],
-                   out: Path, workers: list | None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+                   out: SampleOutput, workers: list | None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     codes: dict[str, np.ndarray] = {}
     facts: dict[str, float] = {}
     for level in cfg.level_list():
-        path = out / "codes" / f"{level}.npy"
-        if path.exists():
-            codes[level] = np.load(path)
+        done = out.load_npy(f"codes/{level}.npy")
+        if done is not None:
+            codes[level] = done
             continue
         if level == "top" and cfg.top_codes:
             codes[level] = known["top"][:, :tokens["top"]].astype(np.int16)
@@ -180,7 +180,7 @@ def _sample_levels(cfg: SampleConfig, sampler: Sampler, cond: Conditioning, toke
             codes[level], level_facts = sample_level(level, cfg, sampler, cond, tokens[level], known.get(level), upper, out,
                                                      workers if level != "top" else None)
             facts.update(level_facts)
-        _save(path, codes[level])
+        out.save_npy(f"codes/{level}.npy", codes[level])
     return codes, facts
 
 
@@ -209,35 +209,27 @@ def _ray_workers(cfg: SampleConfig, sampler: Sampler, tracking: str):
 
 
 def write_wavs(cfg: SampleConfig, sampler: Sampler, codes: dict[str, np.ndarray], total_samples: int,
-               out: Path) -> dict[tuple[str, int], Path]:
+               out: SampleOutput) -> dict[tuple[str, int], Path]:
     """WAVs of each decoded level, exactly ``total_samples`` long."""
-    import soundfile as sf
-
     wavs = {}
     for level in cfg.decode_list():
         for i, wave in enumerate(sampler.decode(codes[level], level, total_samples)):
-            path = out / (f"sample-{i}.wav" if level == "bottom" else f"{level}/sample-{i}.wav")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(path, np.clip(wave, -1.0, 1.0), sampler.sample_rate, subtype="PCM_16")
-            wavs[(level, i)] = path
+            rel = f"sample-{i}.wav" if level == "bottom" else f"{level}/sample-{i}.wav"
+            wavs[(level, i)] = out.write_wav(rel, np.clip(wave, -1.0, 1.0), sampler.sample_rate)
     return wavs
 
 
-def log_run(cfg: SampleConfig, sampler: Sampler, tracking: str, out: Path, summary: dict[str, Any]) -> str:
-    """An MLflow run naming the model versions, with the settings, speeds, WAVs, codes and page."""
+def log_run(cfg: SampleConfig, sampler: Sampler, tracking: str, out: SampleOutput, summary: dict[str, Any]) -> str:
+    """An MLflow run naming the model versions, with the settings, speeds, WAVs, codes and page: the
+    files this run wrote, by name (the partial windows are only for resuming)."""
     from pipeline.tracking import TrackedRun
 
-    with TrackedRun.open(cfg.experiment, f"sample-{out.name}", tracking, tags={"job": "sample", **sampler.models.versions()}) as run:
+    with TrackedRun.open(cfg.experiment, f"sample-{out.root.name}", tracking,
+                         tags={"job": "sample", **sampler.models.versions()}) as run:
         run.params(flatten(cfg))
         run.metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-        for path in sorted(out.iterdir()):
-            if path.name == "codes":  # the finished levels (the partial windows are only for resuming)
-                for f in sorted(path.glob("*.npy")):
-                    run.artifact(f, "codes")
-            elif path.is_dir():
-                run.artifacts(path, path.name)
-            else:
-                run.artifact(path)
+        for path, folder in out.uploads():
+            run.artifact(path, folder)
     return run.run_id
 
 

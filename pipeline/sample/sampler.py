@@ -24,7 +24,7 @@ from models.levels import UNKNOWN
 from models.sampling import SamplingSettings
 from pipeline.config import ConfigError
 from pipeline.data.vocab import MAX_GENRES
-from pipeline.sample.level import COMPILE_FROM_TOKENS, Conditioning, LevelSampler, Segment, segment_windows, window_hop
+from pipeline.sample.level import COMPILE_FROM_TOKENS, Conditioning, LevelSampler, Segment
 from pipeline.sample.models import ModelSet, condition_ids, resolve_models
 
 # called after every window of a segment with (segment, its codes so far)
@@ -99,12 +99,10 @@ class Sampler:
         """One level's codes (n_samples, tokens) from its segments, and how fast it went."""
         n_samples = segments[0].known.shape[0]
         total = segments[-1].end
-        n_ctx = int(self.models.priors[level].card["n_ctx"])
         ratio = levels.ratio(level) if level != "top" else 1
         compile_step = self.compile == "true" or (self.compile == "auto" and total >= COMPILE_FROM_TOKENS)
         args = (settings, cond, n_samples, seed, hop_fraction, compile_step, upper, ratio)
-        hop = window_hop(n_ctx, hop_fraction, ratio)
-        finished = {s.index: s.known for s in segments if not segment_windows(s, n_ctx, hop, ratio)}
+        finished = {s.index: s.known for s in segments if s.finished}
         pending = [s for s in segments if s.index not in finished]
         counted = {"windows": 0, "tokens": 0}
 

@@ -200,7 +200,7 @@ def train_separator(cfg: TrainSeparatorConfig) -> dict[str, Any]:
 
 
 def _log_and_register(cfg: TrainSeparatorConfig, model_dir: Path, summary: dict, losses: list) -> dict[str, Any]:
-    from pipeline.registry import register_version
+    from pipeline.registry import folder_digest, register_version
     from pipeline.tracking import TrackedRun, retry
 
     tags = {"training_data_sha256": summary["training_data_sha256"], "separator": "spleeter-2stems"}
@@ -210,15 +210,20 @@ def _log_and_register(cfg: TrainSeparatorConfig, model_dir: Path, summary: dict,
         if losses:
             run.metric_history("train_loss", losses)
         run.metrics({"steps": summary["steps"], "wall_seconds": summary["wall_seconds"]})
-        for f in sorted(model_dir.iterdir()):
-            if f.is_file() and f.name != "train.log":
-                run.artifact(f, "model")
+        uploaded = [f for f in sorted(model_dir.iterdir()) if f.is_file() and f.name != "train.log"]
+        for f in uploaded:
+            run.artifact(f, "model")
         run.artifact(model_dir / "train.log")
         out = {"mlflow_run_id": run.run_id}
         if cfg.register:
             card = {"sample_rate": "44100", "stems": "vocals,accompaniment", "steps": str(summary["steps"]),
                     "frame_length": str(cfg.frame_length), "training_data_sha256": summary["training_data_sha256"]}
             source = f"{run.artifact_uri}/model"
+            with tempfile.TemporaryDirectory() as tmp:  # the digest of exactly what was uploaded
+                for f in uploaded:
+                    os.link(f, Path(tmp) / f.name)
+                digest = folder_digest(Path(tmp))
             out.update(retry("register", lambda: register_version(run.client, cfg.register, source, run.run_id, card, cfg.alias,
-                                                                  description="Spleeter 2-stem vocal separator (vocals, accompaniment)")))
+                                                                  description="Spleeter 2-stem vocal separator (vocals, accompaniment)",
+                                                                  digest=digest)))
     return out

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pipeline.config import check_name
 from pipeline.services import runs_dir
 
 T = TypeVar("T")
@@ -42,11 +43,11 @@ def tracking_uri(explicit: str | None = None) -> str:
     return f"sqlite:///{runs_dir() / 'mlflow.db'}"
 
 
-def redact(uri: str) -> str:
-    """A URI fit to print: credentials (``user:password@``) replaced."""
+def redact(text: str) -> str:
+    """Text fit to print or log: the credentials of every URI in it (``scheme://user:password@``) replaced."""
     import re
 
-    return re.sub(r"//[^/@\s]+@", "//***@", uri)
+    return re.sub(r"//[^/@\s'\"]+@", "//***@", str(text))
 
 
 def client(uri: str | None = None):
@@ -127,8 +128,7 @@ class TrackedRun:
         tags = dict(tags or {})
         if resume_tag is not None:
             key, value = resume_tag
-            if "'" in value or "\\" in value:
-                raise ValueError(f"run key {value!r}: quotes are not allowed in a run name")
+            check_name(value, "a run key")  # it is pasted into a search filter
             found = retry("find the run to resume",
                           lambda: c.search_runs([exp], filter_string=f"tags.{key} = '{value}'", max_results=1))
             if found:
@@ -149,7 +149,7 @@ class TrackedRun:
     def params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:PARAM_CHARS]) for k, v in params.items()]
+        items = [Param(k, redact(v)[:PARAM_CHARS]) for k, v in params.items()]
         for i in range(0, len(items), BATCH_PARAMS):  # one call per hundred, not one per value
             retry("log parameters", lambda chunk=items[i:i + BATCH_PARAMS]: self.client.log_batch(self.run_id, params=chunk))
 
@@ -173,7 +173,7 @@ class TrackedRun:
     def tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        items = [RunTag(k, redact(v)[:5000]) for k, v in tags.items()]
         if items:
             retry("set tags", lambda: self.client.log_batch(self.run_id, tags=items))
 

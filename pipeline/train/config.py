@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from pipeline.config import ConfigError, field
+from pipeline.config import ConfigError, check_name, field
 from pipeline.services import RUNS_HELP
 
 
@@ -123,15 +123,15 @@ class CheckpointConfig:
     milestone_every: int = field(0, "also keep every checkpoint at a multiple of this many steps (0 = none)")
     storage: str = field("", "where Ray Train keeps runs: a path (made absolute) or a URI Ray supports (file://, s3://, gs://); "
                              "default: train/ in " + RUNS_HELP + ", whose working dir is deleted with the job")
-    run_name: str = field("", "Ray Train run name; reusing one resumes it (default: <task>-<level>-<time>-<pid>)")
+    run_name: str = field("", "Ray Train run name ([A-Za-z0-9._-]); reusing one resumes it (default: <task>-<level>-<time>-<pid>)")
 
     def validate(self) -> None:
         if self.every < 1 or self.keep_last < 1 or self.milestone_every < 0:
             raise ConfigError("checkpoint.every and checkpoint.keep_last must be >= 1, checkpoint.milestone_every >= 0")
         if self.milestone_every and self.milestone_every % self.every:
             raise ConfigError(f"checkpoint.milestone_every ({self.milestone_every}) must be a multiple of checkpoint.every ({self.every})")
-        if "/" in self.run_name or self.run_name in (".", ".."):
-            raise ConfigError(f"checkpoint.run_name must be a plain name, got {self.run_name!r}")
+        if self.run_name:
+            check_name(self.run_name, "checkpoint.run_name")
 
     def storage_uri(self) -> str:
         """A URI as given, or an absolute local path (Ray Train workers run in another directory)."""

@@ -95,9 +95,10 @@ def seed_step(cfg: RuntimeConfig, step: int, rank: int) -> None:
 
 
 def build_engine(spec: TrainSpec, world: int, device: str):
-    from pipeline.services import use_venv_torch_extensions
+    from pipeline.services import use_private_compile_cache, use_venv_torch_extensions
 
     use_venv_torch_extensions()  # before DeepSpeed loads an op (a worker on a cluster node too)
+    use_private_compile_cache()
     import deepspeed
 
     cfg = spec.runtime

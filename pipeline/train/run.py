@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import flatten
-from pipeline.registry import BUILDERS, CARD_FILE, build_model, card_tags, lineage_tags, register_version
+from pipeline.registry import BUILDERS, CARD_FILE, build_model, card_tags, folder_digest, lineage_tags, register_version
 from pipeline.tracking import TrackedRun, redact, retry
 from pipeline.train.driver import fit, run_name
 from pipeline.train.export import export_safetensors
@@ -94,6 +94,7 @@ def _export_and_register(spec: TrainSpec, ctx: RunContext, run: TrackedRun, resu
         model = build_model(card, meta=True) if card.get("family") in BUILDERS else _on_meta(spec.task.build_model)
         check_against_model(index, model, Path(tmp))
         (Path(tmp) / CARD_FILE).write_text(json.dumps(card, indent=1, sort_keys=True))
+        digest = folder_digest(Path(tmp))
         run.artifacts(tmp, "model")
     summary: dict[str, Any] = {"mlflow_run_id": run.run_id, "ray_train_run": ctx.name, "steps": spec.runtime.total_steps,
                                "checkpoint": result.checkpoint.path, "weights_bytes": index["metadata"]["total_size"],
@@ -101,5 +102,5 @@ def _export_and_register(spec: TrainSpec, ctx: RunContext, run: TrackedRun, resu
     if spec.tracking.register:
         source = f"{run.artifact_uri}/model"
         summary.update(retry("register", lambda: register_version(run.client, spec.tracking.register, source, run.run_id,
-                                                                   card_tags(card), spec.tracking.alias)))
+                                                                   card_tags(card), spec.tracking.alias, digest=digest)))
     return summary

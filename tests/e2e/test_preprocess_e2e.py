@@ -342,3 +342,25 @@ def test_job_logs_to_an_mlflow_server(tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
+
+
+def test_a_100k_row_manifest_is_planned_and_skipped_within_its_memory_bound(broken_run, tmp_path):
+    """Every row names a file the output already accounts for (a committed song, or an input
+    quarantined for its content): the rerun reads no audio, starts no Ray, and stays under 2 GB."""
+    from corpus import write_large_manifest
+    from processes import run_with_peak_rss
+
+    out = broken_run["out"]
+    # a row refused for its own cells (file_size -1) is not its file's verdict: another row may name that file
+    done = [r["source"] for r in table(out, "songs")] + [r["source"] for r in table(out, "quarantine")
+                                                         if r["error_kind"] == "input" and r["file_size"] >= 0]
+    manifest = write_large_manifest(tmp_path / "manifest.csv", [Path(s) for s in done], 100_000)
+    args = [*broken_run["args"]]
+    args[args.index("--input") + 1] = str(manifest)
+    proc, peak_mb = run_with_peak_rss(JOB, ["--progress", "false", *args], timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["inputs"], summary["skipped_existing"], summary["ok"], summary["quarantined"]) == (100_000, 100_000, 0, 0)
+    assert "ray_start" not in summary["phases"] and peak_mb < 2048, (peak_mb, summary["phases"])
+    outcomes = pq.read_table(out / "runs" / f"{summary['run_id']}.inputs.parquet", columns=["status"])
+    assert outcomes.num_rows == 100_000 and set(outcomes["status"].to_pylist()) == {"skipped_existing"}

@@ -126,7 +126,7 @@ def test_a_killed_run_resumed_gives_the_same_audio(store, full_run):
     cmd = [sys.executable, str(ROOT / "jobs" / "sample.py"), *args(cfg)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
-    while not list(partial.glob("middle-*.npy")) and time.time() < deadline and proc.poll() is None:
+    while not list(partial.glob("middle-*/*.npy")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # mid-way through the middle level
     proc.wait()

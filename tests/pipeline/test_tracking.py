@@ -41,8 +41,38 @@ def test_a_run_is_resumed_by_its_key_and_a_quoted_key_is_refused(db):
     again = TrackedRun.open("t", "train", db, resume_tag=("ray_train_run", "vqvae-bottom-1"))
     assert again.resumed and again.run_id == first.run_id
     assert mlflow.MlflowClient(tracking_uri=db).get_run(first.run_id).info.status == "RUNNING"
-    with pytest.raises(ValueError, match="quotes"):
-        TrackedRun.open("t", "train", db, resume_tag=("ray_train_run", "x' OR tags.a = 'b"))
+    for hostile in ("x' OR tags.a = 'b", 'x" OR 1=1', "a b", "x\\'", "", "../up", "é"):
+        with pytest.raises(ValueError, match="letters, digits"):  # it would reach the search filter unquoted
+            TrackedRun.open("t", "train", db, resume_tag=("ray_train_run", hostile))
+
+
+def test_credentials_in_a_uri_are_never_logged(db):
+    secret = "http://alice:s3cr3t@mlflow.example:5000"
+    assert tracking.redact(f"cannot reach {secret}/api and ray://bob:pw@head:10001") == \
+        "cannot reach http://***@mlflow.example:5000/api and ray://***@head:10001"
+    with TrackedRun.open("t", "creds", db) as run:
+        run.params({"mlflow_tracking_uri": secret, "ray_address": "ray://bob:pw@head:10001"})
+        run.tags({"source": secret})
+    data = mlflow.MlflowClient(tracking_uri=db).get_run(run.run_id).data
+    assert data.params == {"mlflow_tracking_uri": "http://***@mlflow.example:5000", "ray_address": "ray://***@head:10001"}
+    assert data.tags["source"] == "http://***@mlflow.example:5000"
+
+
+def test_a_job_error_is_printed_without_the_credentials_it_carries(capsys):
+    from dataclasses import dataclass
+
+    from pipeline.cli import run_job
+
+    @dataclass
+    class Nothing:
+        pass
+
+    def fails(cfg):
+        raise ConnectionError("API request to http://alice:s3cr3t@mlflow.example:5000/api/2.0 failed")
+
+    assert run_job(Nothing, fails, "", argv=[]) == 1
+    err = capsys.readouterr().err
+    assert "s3cr3t" not in err and "http://***@mlflow.example:5000" in err and "Traceback" in err
 
 
 def test_a_refused_call_fails_at_once_and_an_outage_is_waited_out_until_the_deadline():
@@ -83,7 +113,7 @@ def test_preprocessing_waits_out_an_mlflow_outage_and_records_its_run(tmp_path, 
         summary = {"run_id": "r1", "manifest_sha256": "ab", "vocab_version": 1, "separator": {"name": "dsp", "version": "1"},
                    "inputs": 2, "ok": 1, "quarantined": 1, "skipped_existing": 0, "audio_seconds": 12.0, "wall_seconds": 3.0,
                    "pipeline_seconds": 2.0, "realtime_factor": 6.0, "songs_total": 1, "alignment_methods": {"linear": 1}}
-        run_id = log_run(cfg, tmp_path, summary, "{}", {"artists": {"unknown": 0}}, [], [])
+        run_id = log_run(cfg, tmp_path, summary, "{}", {"artists": {"unknown": 0}}, [], None)
         up.join(timeout=120)
         assert server, "the server never came up"
         run = mlflow.MlflowClient(tracking_uri=uri).get_run(run_id)

@@ -165,3 +165,92 @@ def test_a_corpus_root_confines_manifest_paths(tmp_path, monkeypatch):
     records = list_inputs(manifest, root=root)
     assert [r["status"] for r in records] == ["ok", "quarantined", "quarantined", "quarantined", "quarantined"]
     assert "audio path is outside the corpus root" in records[3]["error"] and "lyrics path" in records[4]["error"]
+
+
+def test_a_sidecar_must_be_a_small_regular_file_inside_the_corpus_root(tmp_path):
+    import os
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in ("fifo", "zero", "outside", "big", "fine", "pipe"):
+        (corpus / f"{name}.wav").write_bytes(b"RIFF")
+    os.mkfifo(corpus / "fifo.json")  # reading it would hang the driver before Ray starts
+    (corpus / "zero.json").symlink_to("/dev/zero")  # would fill the driver's memory
+    (tmp_path / "elsewhere.json").write_text('{"artist": "not yours"}')
+    (corpus / "outside.json").symlink_to(tmp_path / "elsewhere.json")
+    (corpus / "big.json").write_text('{"lyrics": "' + "la " * 70_000 + '"}')
+    (corpus / "fine.json").write_text('{"artist": "Fine"}')
+    os.mkfifo(corpus / "pipe.mp3")  # an audio name on a FIFO: listed, and refused by ingest, not silently left out
+    records = {r["source"].rsplit("/", 1)[-1]: r for r in list_inputs(corpus, root=corpus)}
+    assert "sidecar fifo.json is not a regular file" in records["fifo.wav"]["error"]
+    assert "sidecar zero.json is outside the corpus root" in records["zero.wav"]["error"]
+    assert "sidecar outside.json is outside the corpus root" in records["outside.wav"]["error"]
+    assert "sidecar big.json is over" in records["big.wav"]["error"]
+    assert records["fine.wav"]["artist"] == "Fine" and records["pipe.mp3"]["status"] == "ok"
+    with pytest.raises(ValueError, match="not a regular file"):
+        ingest_row(records["pipe.mp3"], 1024)
+    no_root = {r["source"].rsplit("/", 1)[-1]: r for r in list_inputs(corpus)}
+    assert "is not a regular file" in no_root["zero.wav"]["error"]  # /dev/zero is refused without a root too
+
+
+def test_a_dictionary_encoded_parquet_bomb_is_refused_row_by_row(tmp_path):
+    """~1 MB on disk, ~1 GB of text once decoded: sized from the dictionary, never expanded whole."""
+    import os
+    import resource
+
+    big = "la " * 100_000  # 300 KB, stored once in the dictionary
+    rows = 3_000
+    table = pa.table({"path": pa.array([f"a{i}.wav" for i in range(rows)]),
+                      "lyrics": pa.DictionaryArray.from_arrays(pa.array([0] * rows, pa.int32()), pa.array([big]))})
+    pq.write_table(table, tmp_path / "bomb.parquet", use_dictionary=True, compression="zstd")
+    assert os.path.getsize(tmp_path / "bomb.parquet") < 2_000_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    records = list_inputs(tmp_path / "bomb.parquet")
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert len(records) == rows and all("bytes of text" in r["error"] for r in records)
+    assert grown_mb < 300, grown_mb  # the decoded text is 900 MB
+
+
+def test_manifest_limits_refuse_too_many_rows_or_too_much_text(tmp_path):
+    from pipeline.preprocess.ingest import ManifestLimits
+
+    (tmp_path / "m.csv").write_text("path\n" + "".join(f"a{i}.wav\n" for i in range(50)))
+    with pytest.raises(ConfigError, match="more than 10 rows"):
+        list_inputs(tmp_path / "m.csv", limits=ManifestLimits(max_rows=10))
+    with pytest.raises(ConfigError, match="bytes of text"):
+        list_inputs(tmp_path / "m.csv", limits=ManifestLimits(max_bytes=100))
+    pq.write_table(pa.table({"path": [f"a{i}.wav" for i in range(50)]}), tmp_path / "m.parquet")
+    with pytest.raises(ConfigError, match="more than 10 rows"):
+        list_inputs(tmp_path / "m.parquet", limits=ManifestLimits(max_rows=10))
+    assert len(list_inputs(tmp_path / "m.parquet")) == 50
+
+
+def test_a_sparse_terabyte_file_is_refused_from_its_size_before_it_is_hashed(tmp_path, monkeypatch):
+    import os
+
+    from pipeline.preprocess import ingest
+
+    (tmp_path / "sparse.wav").write_bytes(b"RIFF")
+    os.truncate(tmp_path / "sparse.wav", 1 << 40)
+    monkeypatch.setattr(ingest, "content_hash", lambda *a: pytest.fail("hashed a file it should have refused"))
+    row = list_inputs_row(tmp_path, "")
+    row["source"] = str(tmp_path / "sparse.wav")
+    with pytest.raises(ValueError, match="over the 32 GiB limit"):
+        ingest_row(row, 1 << 20)
+
+
+def test_a_header_that_declares_too_much_is_refused_before_hashing(tmp_path, monkeypatch):
+    import functools
+
+    import numpy as np
+    import soundfile as sf
+
+    from pipeline import audio
+    from pipeline.preprocess import ingest
+
+    sf.write(tmp_path / "long.wav", np.zeros(8000 * 10, np.float32), 8000)
+    monkeypatch.setattr(ingest, "content_hash", lambda *a: pytest.fail("hashed a file it should have refused"))
+    row = list_inputs_row(tmp_path, "")
+    row["source"] = str(tmp_path / "long.wav")
+    with pytest.raises(audio.AudioError, match="too long"):
+        ingest_row(row, 1 << 20, check_header=functools.partial(audio.check_header, max_seconds=5.0))

@@ -21,7 +21,8 @@ from pipeline.train.config import CheckpointConfig, OptimConfig, RuntimeConfig
     (OptimConfig, {"decay": "exponential"}, "not one of"),
     (CheckpointConfig, {"every": 0}, "every must be >= 1"),
     (CheckpointConfig, {"every": 200, "milestone_every": 300}, "multiple of checkpoint.every"),
-    (CheckpointConfig, {"run_name": "../elsewhere"}, "plain name"),
+    (CheckpointConfig, {"run_name": "../elsewhere"}, "letters, digits"),
+    (CheckpointConfig, {"run_name": "mine' OR '1"}, "letters, digits"),
 ])
 def test_bad_runtime_configs(cls, data, message):
     with pytest.raises(ConfigError, match=message):

@@ -1,0 +1,51 @@
+"""Folders that hold code the jobs will run (torch.compile's cache): this user's own, or refused."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.services import COMPILE_CACHE_ENV, private_dir, use_private_compile_cache
+
+
+def test_the_compile_cache_is_an_owner_only_folder_of_the_project(tmp_path, monkeypatch):
+    monkeypatch.setenv("JUKEBOX_CACHE_DIR", str(tmp_path / "cache"))
+    for var in COMPILE_CACHE_ENV:
+        monkeypatch.delenv(var, raising=False)
+    root = use_private_compile_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(root / "inductor")
+    assert os.environ["TRITON_CACHE_DIR"] == str(root / "triton")
+    for folder in (root, root / "inductor", root / "triton"):
+        assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+
+
+def test_torch_inductor_writes_into_it_and_not_into_tmp(tmp_path):
+    """In a fresh process, as a job starts: inductor's own cache_dir() is the project's folder."""
+    code = ("import os; from pipeline.services import use_private_compile_cache; use_private_compile_cache(); "
+            "from torch._inductor.runtime.cache_dir_utils import cache_dir; print(cache_dir())")
+    env = {**os.environ, "JUKEBOX_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout.strip()
+    assert out == str(tmp_path / "cache" / "compile" / "inductor")
+
+
+def test_a_folder_others_can_write_is_closed_and_a_link_or_a_stranger_s_folder_refused(tmp_path):
+    open_folder = tmp_path / "open"
+    open_folder.mkdir(mode=0o777)
+    os.chmod(open_folder, 0o777)
+    private_dir(open_folder)
+    assert stat.S_IMODE(os.stat(open_folder).st_mode) == 0o700
+    (tmp_path / "link").symlink_to(open_folder)
+    with pytest.raises(PermissionError, match="symlink"):
+        private_dir(tmp_path / "link")
+    if os.geteuid() != 0:
+        pytest.skip("making a folder of another user needs root")
+    theirs = tmp_path / "torchinductor_victim"  # what another user could create first under /tmp
+    theirs.mkdir()
+    os.chown(theirs, 12345, 12345)
+    with pytest.raises(PermissionError, match="belongs to uid 12345"):
+        private_dir(theirs)

@@ -18,11 +18,13 @@ python_311() {
 }
 
 # espeak-ng (C library + voices) is what the offline default aligner speaks the lyrics with;
-# chromium is the headless browser the sample page's test plays its audio in.
+# chromium is the headless browser the sample page's test plays its audio in; PostgreSQL is the
+# production tracking server's database, which its test starts.
 system_packages() {
   local missing=""
   ldconfig -p 2>/dev/null | grep -q libespeak-ng || missing="espeak-ng"
   command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null 2>&1 || missing="$missing postgresql"
   [ -z "$missing" ] && return
   local apt=""
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -35,8 +37,9 @@ system_packages() {
   # a package that cannot be installed is a warning, not a failed set-up: each has a fallback
   if [ "$apt" = none ] || ! { $apt apt-get update -qq >/dev/null &&
       $apt env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null; }; then
-    echo "warning: missing system packages:$missing (apt-get install espeak-ng chromium);" \
-         "the tts_dtw aligner falls back to vocal_activity without espeak-ng; the sample page's browser test needs chromium" >&2
+    echo "warning: missing system packages:$missing (apt-get install espeak-ng chromium postgresql);" \
+         "the tts_dtw aligner falls back to vocal_activity without espeak-ng; the sample page's browser test needs chromium;" \
+         "the tracking server's test needs postgresql" >&2
   fi
 }
 

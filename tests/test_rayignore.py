@@ -25,3 +25,13 @@ def test_ray_s_own_walk_leaves_out_every_secret_and_store(tmp_path):
                 include_gitignore=False)
     assert not set(uploaded) & set(NEVER), sorted(set(uploaded) & set(NEVER))
     assert set(ALWAYS) <= set(uploaded)
+
+
+def test_no_file_of_the_project_is_left_out():
+    import subprocess
+
+    from ray._private.runtime_env.packaging import get_excludes_from_ignore_files
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    excluded = get_excludes_from_ignore_files(ROOT, include_gitignore=False)[0]
+    assert not [f for f in tracked if excluded(ROOT / f)]

@@ -65,7 +65,7 @@ class SeparateConfig:
     separator: Literal["auto", "dsp", "spleeter"] = field(
         "auto", "auto: spleeter when separate.model is given, else dsp (no weights)")
     model: str = field("", "Spleeter model: a folder, models:/jukebox-separator@current, or spleeter:2stems (downloads)")
-    spleeter_python: str = field("", "python of the Spleeter environment (default: .venv-spleeter/bin/python)")
+    spleeter_python: str = field("", "Spleeter environment's python (default: $JUKEBOX_SPLEETER_PYTHON, else .venv-spleeter/bin/python)")
     actors: int = field(0, "actor-pool size; 0 = one per CPU of the cluster")
     cpus_per_actor: float = field(1.0, "CPUs reserved by each separator actor", ge=None, gt=0)
     threads: int = field(1, "threads inside each separator actor (torch for dsp, TensorFlow for spleeter)", ge=1)

@@ -16,7 +16,12 @@ from typing import Any
 from pipeline.config import ConfigError
 from pipeline.services import PROJECT_ROOT
 
-DEFAULT_SPLEETER_PYTHON = PROJECT_ROOT / ".venv-spleeter" / "bin" / "python"
+SPLEETER_PYTHON_ENV = "JUKEBOX_SPLEETER_PYTHON"  # set by the container image, where no checkout sits beside the job
+
+
+def default_spleeter_python() -> Path:
+    """$JUKEBOX_SPLEETER_PYTHON, else the checkout's ``.venv-spleeter`` (``./dev.sh spleeter-env``)."""
+    return Path(os.environ.get(SPLEETER_PYTHON_ENV) or PROJECT_ROOT / ".venv-spleeter" / "bin" / "python")
 
 
 @dataclass
@@ -51,7 +56,7 @@ def choose_separator(separate_cfg, out: Path, tracking_uri: str | None = None) -
     if not model:
         raise ConfigError("separate.separator=spleeter needs separate.model: a model folder, models:/<name>@<alias> "
                           "or spleeter:2stems (pretrained, downloads once)")
-    python = Path(separate_cfg.spleeter_python or DEFAULT_SPLEETER_PYTHON)
+    python = Path(separate_cfg.spleeter_python or default_spleeter_python())
     if not python.exists():
         raise ConfigError(f"the Spleeter environment is missing ({python}); build it with ./dev.sh spleeter-env")
     registry: dict[str, str] = {}

@@ -65,14 +65,14 @@ def score(separator: str, model: str, mixes: list[Path]) -> list[dict]:
 
 
 def evaluate(model: str = "", songs: int = 3, seconds: float = 20.0, spleeter_python: str = "") -> list[dict]:
-    from pipeline.separate.choose import DEFAULT_SPLEETER_PYTHON
+    from pipeline.separate.choose import default_spleeter_python
 
     with tempfile.TemporaryDirectory() as tmp:
         mixes = make_songs(Path(tmp), songs, seconds)
         rows = score("dsp", "", mixes)
         if model:
             out = Path(tmp) / "spleeter.json"
-            cmd = [spleeter_python or str(DEFAULT_SPLEETER_PYTHON), "-m", "pipeline.separate.evaluate", "--_score-spleeter",
+            cmd = [spleeter_python or str(default_spleeter_python()), "-m", "pipeline.separate.evaluate", "--_score-spleeter",
                    model, "--_mixes", ",".join(map(str, mixes)), "--json", str(out)]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
             if proc.returncode:

@@ -48,7 +48,7 @@ class TrainSeparatorConfig:
     filters: list[int] = field([4, 8, 16, 32, 64, 128], "U-Net encoder widths: 1.2 M parameters (Spleeter's own: 16 ... 512, 19.6 M)")
     validation_songs: int = field(1, "songs held out for validation (0: validate on the training songs)")
     seed: int = field(3, "random seed")
-    spleeter_python: str = field("", "python of the Spleeter environment (default: .venv-spleeter/bin/python)")
+    spleeter_python: str = field("", "Spleeter environment's python (default: $JUKEBOX_SPLEETER_PYTHON, else .venv-spleeter/bin/python)")
     mlflow_tracking_uri: str | None = field(None, "default: $MLFLOW_TRACKING_URI, else sqlite in " + RUNS_HELP)
     experiment: str = field("jukebox-separator", "MLflow experiment")
     register: str = field("jukebox-separator", "registered model name ('' to skip registration)")
@@ -144,10 +144,10 @@ def _params(cfg: TrainSeparatorConfig, model_dir: Path, data: Path) -> dict[str,
 
 
 def train_separator(cfg: TrainSeparatorConfig) -> dict[str, Any]:
-    from pipeline.separate.choose import DEFAULT_SPLEETER_PYTHON
+    from pipeline.separate.choose import default_spleeter_python
     from pipeline.separate.spleeter import check_model_folder, checkpoint_step
 
-    python = Path(cfg.spleeter_python or DEFAULT_SPLEETER_PYTHON)
+    python = Path(cfg.spleeter_python or default_spleeter_python())
     if not python.exists():
         raise ConfigError(f"the Spleeter environment is missing ({python}); build it with ./dev.sh spleeter-env")
     final_dir = Path(cfg.output).expanduser().resolve()

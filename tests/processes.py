@@ -74,3 +74,61 @@ def run_with_peak_rss(script: Path, args: list[str], env: dict | None = None,
                           env={**os.environ, **(env or {})}, cwd=ROOT)
     marks = [line for line in proc.stdout.splitlines() if line.startswith(PEAK_RSS_MARK)]
     return proc, float(marks[-1].removeprefix(PEAK_RSS_MARK)) if marks else float("nan")
+
+
+class RayHead:
+    """A head started by infra/ray-head.sh (token auth, every port on 127.0.0.1), its environment
+    ``extra`` exported to it as a user would (every job's driver inherits it), and the client side of
+    ``ray job submit``; stopped by its process group, never by `ray stop`."""
+
+    def __init__(self, folder: Path, port: int, dashboard: int, agent_port: int, extra: dict | None = None):
+        import sys
+
+        self.folder, self.token_file = folder, folder / "secrets" / "ray_token"  # never the user's ~/.ray
+        self.ray_bin = Path(sys.executable).parent / "ray"
+        # the cluster runs the project's environment: `python` in an entrypoint must be its python (and
+        # nothing of a Ray this test process may have started: the head is a cluster of its own)
+        parent = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        self.base = {**parent, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        self.log = folder / "head.log"
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(["bash", str(ROOT / "infra" / "ray-head.sh")], stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True,
+                                         env={**self.base, **(extra or {}), "RAY_PORT": str(port), "RAY_DASHBOARD_PORT": str(dashboard),
+                                              "RAY_NUM_CPUS": "4", "RAY_DASHBOARD_AGENT_PORT": str(agent_port),
+                                              "RAY_AUTH_TOKEN_PATH": str(self.token_file), "JUKEBOX_RUNS_DIR": str(folder / "head-runs")})
+        self.api = f"http://127.0.0.1:{dashboard}"
+        self.env = {**self.base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_file), "RAY_API_SERVER_ADDRESS": self.api}
+
+    def wait_for_api(self, timeout: float = 120) -> int | None:
+        """The job API's answer to a request without the token, once it answers (401 when secure)."""
+        import urllib.error
+
+        deadline, status = time.time() + timeout, None
+        while time.time() < deadline and status is None:
+            try:
+                status = urllib.request.urlopen(f"{self.api}/api/version", timeout=2).status
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            except OSError:
+                time.sleep(1)
+        return status
+
+    def submit(self, *entrypoint: str, environment: dict | None = None) -> subprocess.CompletedProcess:
+        # the dashboard answers before the head's job agent has registered: a submit in that window
+        # fails with "No available agent to submit job" (seen on a loaded machine); retry only that
+        for _ in range(30):
+            proc = subprocess.run([str(self.ray_bin), "job", "submit", "--working-dir", str(ROOT), "--", "python", *entrypoint],
+                                  capture_output=True, text=True, timeout=600, env=environment or self.env, cwd=ROOT)
+            if "No available agent" not in proc.stdout + proc.stderr:
+                break
+            time.sleep(3)
+        return proc
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)  # never `ray stop`: it would kill every Ray on the machine
+        self.proc.wait(timeout=60)
+
+
+def job_succeeded(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0 and "succeeded" in proc.stdout + proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]

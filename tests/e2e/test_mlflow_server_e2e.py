@@ -142,29 +142,38 @@ def test_every_call_needs_a_login(server):
     assert _status(server["url"], TRAINER, TRAINER_PASSWORD) == 200
 
 
-def test_a_model_trains_registers_and_resolves_through_it_and_others_cannot_move_its_alias(server, demo_shards, tmp_path):
+def test_the_pipeline_job_submitted_to_a_token_auth_head_trains_and_registers_through_it(server, tmp_path):
+    """As on a cluster: the head is started with the tracking server and its login in its environment,
+    and `ray job submit` runs the pipeline job (preprocessing, the top VQ-VAE): every run, artefact and
+    registration goes through the server, with the head's credentials; the client passes none."""
     import boto3
     import mlflow
+    from processes import RayHead, job_succeeded
 
+    from pipeline.demo_corpus import make_demo_corpus
     from pipeline.registry import download
 
     creds = {"MLFLOW_TRACKING_USERNAME": TRAINER, "MLFLOW_TRACKING_PASSWORD": TRAINER_PASSWORD}
-    proc = subprocess.run([sys.executable, str(ROOT / "jobs" / "train_vqvae.py"), "--level", "bottom", "--preset", "tiny",
-                           "--shards", str(demo_shards), "--runtime.workers", "1", "--runtime.total_steps", "2",
-                           "--checkpoint.every", "2", "--checkpoint.storage", str(tmp_path / "ckpt"),
-                           "--mlflow_tracking_uri", server["url"]],
-                          capture_output=True, text=True, timeout=900, cwd=ROOT, env={**os.environ, **creds})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert TRAINER_PASSWORD not in proc.stdout + proc.stderr
+    manifest = make_demo_corpus(tmp_path / "corpus", songs=2, seconds=6.0, seed=3)
+    head = RayHead(tmp_path, free_port(), free_port(), free_port(), extra={"MLFLOW_TRACKING_URI": server["url"], **creds})
+    try:
+        assert head.wait_for_api() == 401
+        proc = head.submit("jobs/pipeline.py", "--config", "infra/pipeline/demo.yaml", "--input", str(manifest), "--output",
+                           str(tmp_path / "run"), "--only", "preprocess,vqvae.top", "--vqvae.top.runtime.total_steps", "2",
+                           "--vqvae.top.checkpoint.every", "2")
+        job_succeeded(proc)
+        assert TRAINER_PASSWORD not in proc.stdout + proc.stderr + head.log.read_text()
+    finally:
+        head.stop()
     # the weights went through the server into the S3 store
     s3 = boto3.client("s3", endpoint_url=server["endpoint"], aws_access_key_id="testing", aws_secret_access_key="testing",
                       region_name="us-east-1")
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="mlflow-artifacts").get("Contents", [])]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="mlflow-artifacts", MaxKeys=1000).get("Contents", [])]
     assert any(k.endswith("model/card.json") for k in keys) and any(k.endswith(".safetensors") for k in keys), keys
     # the sampler's first step: resolve the alias, download and verify the files, as the trainer
     os.environ.update(creds)
     try:
-        reg = download("models:/jukebox-vqvae-bottom@current", tmp_path / "cache", server["url"])
+        reg = download("models:/jukebox-vqvae-top@current", tmp_path / "cache", server["url"])
         assert reg.card["family"] == "vqvae" and (reg.folder / "card.json").exists()
     finally:
         for key in creds:
@@ -173,9 +182,9 @@ def test_a_model_trains_registers_and_resolves_through_it_and_others_cannot_move
     os.environ.update({"MLFLOW_TRACKING_USERNAME": OTHER, "MLFLOW_TRACKING_PASSWORD": OTHER_PASSWORD})
     try:
         other = mlflow.MlflowClient(tracking_uri=server["url"], registry_uri=server["url"])
-        assert other.get_model_version_by_alias("jukebox-vqvae-bottom", "current").version == reg.version
+        assert other.get_model_version_by_alias("jukebox-vqvae-top", "current").version == reg.version
         with pytest.raises(mlflow.exceptions.MlflowException, match="PERMISSION_DENIED|Permission denied|403"):
-            other.set_registered_model_alias("jukebox-vqvae-bottom", "current", reg.version)
+            other.set_registered_model_alias("jukebox-vqvae-top", "current", reg.version)
     finally:
         del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
 

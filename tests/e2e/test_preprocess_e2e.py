@@ -214,58 +214,28 @@ def test_same_files_run_under_ray_job_submit(tmp_path):
     its shards and registered, and the top prior on that exact version's codes; then a sample from it,
     on a head started by infra/ray-head.sh: token auth on, token file 0600 and never logged,
     every port on 127.0.0.1, 401 without the token and success with it."""
-    import urllib.error
+    from processes import RayHead, job_succeeded
 
     from pipeline.demo_corpus import make_demo_corpus
 
-    ray_bin = Path(sys.executable).parent / "ray"
     manifest = make_demo_corpus(tmp_path / "corpus", songs=2, seconds=6.0, seed=9)
-    port, dash = 6391, 8271
-    token_file = tmp_path / "secrets" / "ray_token"  # made by ray-head.sh; never the user's ~/.ray
-    # the cluster runs the project's environment: `python` in the entrypoint must be its python
-    # (and nothing of a Ray this test process may have started: the head is a cluster of its own)
-    parent = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    venv_path = {**parent, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    head_log = tmp_path / "head.log"
-    with open(head_log, "w") as log:
-        head = subprocess.Popen(["bash", str(ROOT / "infra" / "ray-head.sh")], stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True,
-                                env={**venv_path, "RAY_PORT": str(port), "RAY_DASHBOARD_PORT": str(dash), "RAY_NUM_CPUS": "4",
-                                     "RAY_DASHBOARD_AGENT_PORT": "52391",  # an embedded Ray of this process may hold 52365
-                                     "RAY_AUTH_TOKEN_PATH": str(token_file), "JUKEBOX_RUNS_DIR": str(tmp_path / "head-runs")})
-    api = f"http://127.0.0.1:{dash}"
-    env = {**venv_path, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file), "RAY_API_SERVER_ADDRESS": api,
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
+    head = RayHead(tmp_path, 6391, 8271, 52391)  # agent port: an embedded Ray of this process may hold 52365
+    token_file, api = head.token_file, head.api
+    env = {**head.env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
     try:
-        deadline, status = time.time() + 120, None
-        while time.time() < deadline and status is None:
-            try:
-                status = urllib.request.urlopen(f"{api}/api/version", timeout=2).status
-            except urllib.error.HTTPError as exc:
-                status = exc.code
-            except OSError:
-                time.sleep(1)
+        status = head.wait_for_api()
         assert status == 401, f"the job API must refuse a request without the token, answered {status}"
         assert token_file.stat().st_mode & 0o777 == 0o600
         token = token_file.read_text().strip()
         with_token = urllib.request.Request(f"{api}/api/version", headers={"Authorization": f"Bearer {token}"})
         assert urllib.request.urlopen(with_token, timeout=5).status == 200
-        listening = listening_addresses(head.pid)
+        listening = listening_addresses(head.proc.pid)
         assert all_loopback(listening), listening
 
-        # the dashboard answers before the head's job agent has registered: a submit in that window
-        # fails with "No available agent to submit job" (seen on a loaded machine); retry only that
         def submit(*entrypoint: str, environment: dict = env) -> subprocess.CompletedProcess:
-            for _ in range(30):
-                proc = subprocess.run([str(ray_bin), "job", "submit", "--working-dir", str(ROOT), "--", "python", *entrypoint],
-                                      capture_output=True, text=True, timeout=400, env=environment, cwd=ROOT)
-                if "No available agent" not in proc.stdout + proc.stderr:
-                    break
-                time.sleep(3)
-            return proc
+            return head.submit(*entrypoint, environment=environment)
 
-        def succeeded(proc: subprocess.CompletedProcess) -> None:
-            assert proc.returncode == 0 and "succeeded" in proc.stdout + proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
+        succeeded = job_succeeded
 
         # a client without the token (an empty home: no ~/.ray/auth_token either) is refused
         (tmp_path / "stranger").mkdir()
@@ -304,12 +274,11 @@ def test_same_files_run_under_ray_job_submit(tmp_path):
         assert sf.info(tmp_path / "samples" / "top" / "sample-0.wav").frames == 2 * 44100
         assert (tmp_path / "samples" / "index.html").exists()
         # the token is in no log: the head's console and every file of its Ray session
-        session = re.search(r"(/\S+/session_[\w.-]+)/logs", head_log.read_text())
-        logs = [head_log, *(Path(session.group(1)).rglob("*") if session else [])]
+        session = re.search(r"(/\S+/session_[\w.-]+)/logs", head.log.read_text())
+        logs = [head.log, *(Path(session.group(1)).rglob("*") if session else [])]
         assert session and not [p for p in logs if p.is_file() and token.encode() in p.read_bytes()]
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # never `ray stop`: it would kill every Ray on the machine
-        head.wait(timeout=60)
+        head.stop()
 
 
 def test_job_logs_to_an_mlflow_server(tmp_path):

@@ -178,3 +178,17 @@ def test_the_separation_stage_finds_the_image_s_spleeter_environment(monkeypatch
     assert default_spleeter_python() == Path("/opt/spleeter/bin/python")
     monkeypatch.delenv(SPLEETER_PYTHON_ENV)
     assert default_spleeter_python() == ROOT / ".venv-spleeter" / "bin" / "python"
+
+
+def test_the_compose_file_publishes_only_mlflow_on_loopback_and_takes_every_password_from_the_environment():
+    compose = yaml.safe_load((ROOT / "infra" / "mlflow" / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"postgres", "minio", "bucket", "mlflow"}
+    assert [s for s in services if "ports" in services[s]] == ["mlflow"]
+    assert all(p.startswith("127.0.0.1:") for p in services["mlflow"]["ports"])
+    assert services["mlflow"]["command"] == ["bash", "infra/mlflow/server.sh"]
+    for service in services.values():
+        for key, value in (service.get("environment") or {}).items():
+            if "PASSWORD" in key or "SECRET" in key:
+                assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", str(value)), (key, value)  # required, no default
+    assert "${POSTGRES_PASSWORD:?" in services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"]

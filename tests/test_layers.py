@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
     ["models"],
     ["pipeline.config", "pipeline.tables", "pipeline.ray_auth", "pipeline.audio", "pipeline.demo_corpus"],
-    ["pipeline.services", "pipeline.cli"],
+    ["pipeline.services"],
     ["pipeline.tracking", "pipeline.weights", "pipeline.codec"],
+    ["pipeline.cli"],
     ["pipeline.registry"],
     ["pipeline.data", "pipeline.separate"],
     ["pipeline.align"],

@@ -29,7 +29,7 @@ class IngestConfig:
         return int(self.max_file_gb * 2**30)
 
     def manifest_limits(self):
-        from pipeline.preprocess.ingest import ManifestLimits
+        from pipeline.preprocess.manifest import ManifestLimits
 
         return ManifestLimits(self.max_manifest_rows, int(self.max_manifest_mb * 2**20))
 

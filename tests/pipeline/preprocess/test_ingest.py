@@ -212,7 +212,7 @@ def test_a_dictionary_encoded_parquet_bomb_is_refused_row_by_row(tmp_path):
 
 
 def test_manifest_limits_refuse_too_many_rows_or_too_much_text(tmp_path):
-    from pipeline.preprocess.ingest import ManifestLimits
+    from pipeline.preprocess.manifest import ManifestLimits
 
     (tmp_path / "m.csv").write_text("path\n" + "".join(f"a{i}.wav\n" for i in range(50)))
     with pytest.raises(ConfigError, match="more than 10 rows"):

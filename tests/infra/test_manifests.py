@@ -192,3 +192,17 @@ def test_the_compose_file_publishes_only_mlflow_on_loopback_and_takes_every_pass
             if "PASSWORD" in key or "SECRET" in key:
                 assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", str(value)), (key, value)  # required, no default
     assert "${POSTGRES_PASSWORD:?" in services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"]
+
+
+def test_the_dockerfile_passes_hadolint_and_a_careless_one_does_not(tmp_path):
+    """The image cannot be built here (no container daemon, no registry but the package ones):
+    the Dockerfile is linted instead, with every finding, information included, counted."""
+    import sys
+
+    hadolint = Path(sys.executable).parent / "hadolint"
+    ok = subprocess.run([str(hadolint), "--failure-threshold", "info", str(ROOT / "infra" / "docker" / "Dockerfile")],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    careless = tmp_path / "Dockerfile"
+    careless.write_text("FROM ubuntu\nRUN apt-get update && apt-get install curl\nUSER ray\n")
+    assert subprocess.run([str(hadolint), "--failure-threshold", "info", str(careless)], capture_output=True).returncode != 0

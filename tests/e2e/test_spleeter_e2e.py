@@ -86,7 +86,7 @@ def test_preprocess_with_the_registered_spleeter(trained, tmp_path):
         assert song["separator"] == "spleeter" and song["separator_version"] == "models:/jukebox-separator/1"
         assert song["num_samples"] == len(decode(song["source"], 0, 1e9).samples) and song["sample_rate"] == 44100
         assert 0.0 < song["vocal_activity_ratio"] < 1.0 and len(song["char_onsets"]) == len(song["lyrics"])
-    assert shards.read_table(out, "quarantine").to_pylist()[0]["stage"] == "decode"
+    assert shards.read_table(out, "quarantine").to_pylist()[0]["stage"] == "ingest"  # refused from its header, before the hash
 
 
 @pytest.mark.realdata

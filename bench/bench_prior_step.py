@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.common import matmul_ceiling, peer, save  # noqa: E402
+from bench.common import add_isa_argument, matmul_ceiling, peer, save, use_isa  # noqa: E402
 from models.prior import Prior, PriorConfig  # noqa: E402
 from models.transformer import TransformerConfig  # noqa: E402
 from pipeline.tables import format_table  # noqa: E402
@@ -95,7 +95,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--bf16", action="store_true", help="also time the compiled step under bf16 autocast (where the CPU has it)")
     ap.add_argument("--peer", default="", help="git directory of openai/jukebox: time the original in the same sitting")
+    add_isa_argument(ap)
     args = ap.parse_args()
+    use_isa(args.isa)
     torch.set_num_threads(args.threads)
     cfg = config()
     ceiling = matmul_ceiling()

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import torch  # noqa: E402
 
 from bench.bench_prior_step import config as reference_config  # noqa: E402
-from bench.common import peer, save  # noqa: E402
+from bench.common import add_isa_argument, peer, save, use_isa  # noqa: E402
 from models.prior import Prior  # noqa: E402
 from models.sampling import SamplingSettings, TokenSampler  # noqa: E402
 from pipeline.tables import format_table  # noqa: E402
@@ -85,7 +85,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=512)
     ap.add_argument("--song-seconds", type=float, default=10.0)
     ap.add_argument("--skip-song", action="store_true")
+    add_isa_argument(ap)
     args = ap.parse_args()
+    use_isa(args.isa)
     torch.manual_seed(0)
     prior = Prior(reference_config()).eval()
     runs = [time_tokens(prior, batch, threads, compiled, args.tokens)

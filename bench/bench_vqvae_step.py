@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.common import REALDATA, matmul_ceiling, save  # noqa: E402
+from bench.common import REALDATA, add_isa_argument, matmul_ceiling, save, use_isa  # noqa: E402
 from models.losses import LossScales, mean_spectral_norm, vqvae_loss  # noqa: E402
 from models.vqvae import VQVAE, VQVAEConfig  # noqa: E402
 from pipeline.tables import format_table  # noqa: E402
@@ -67,7 +67,9 @@ def main() -> None:
     ap.add_argument("--checkpointing", action="store_true", help="also each variant with activation checkpointing")
     ap.add_argument("--original", type=float, nargs="*", default=[],
                     help="the original's step times (s) measured in the same sitting with ../shared/peer/run.sh --only a_")
+    add_isa_argument(ap)
     args = ap.parse_args()
+    use_isa(args.isa)
     from pipeline.train.engine import bf16_supported
 
     torch.set_num_threads(args.threads)

@@ -29,13 +29,50 @@ def machine() -> dict:
             "python": platform.python_version(), "when": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
+# What each instruction-set profile sets for the measured process and for the original's harness (a
+# child, it inherits them): PyTorch's ATen kernels and inductor's code generation, oneDNN, and MKL.
+ISA_PROFILES = {"native": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
+ISA_VARIABLES = sorted({k for profile in ISA_PROFILES.values() for k in profile})
+
+
+def add_isa_argument(parser) -> None:
+    parser.add_argument("--isa", choices=sorted(ISA_PROFILES), default="native",
+                        help="instruction-set profile: native, or avx2 (what an AVX2-only CPU runs, emulated here)")
+
+
+def use_isa(isa: str) -> None:
+    """Run this benchmark under the ``isa`` profile. The libraries read these variables when they
+    load, so the process starts again with them set (or cleared, for native) when they differ."""
+    import sys
+
+    want = ISA_PROFILES[isa]
+    if all(os.environ.get(k) == want.get(k) for k in ISA_VARIABLES):
+        return
+    for k in ISA_VARIABLES:
+        os.environ.pop(k, None)
+    os.environ.update(want)
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, *sys.argv])
+
+
+def isa_facts() -> dict:
+    """What the measured process ran with: the profile's variables and the kernels ATen chose."""
+    import sys
+
+    facts = {k: os.environ.get(k, "") for k in ISA_VARIABLES}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        facts["aten_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    return facts
+
+
 def save(bench: str, payload: dict, variant: str = "") -> Path:
     """Add this sitting to ``bench/results/<bench>.json`` (every sitting of a benchmark in one file,
     newest last; ``variant`` names a protocol or setting of the same benchmark)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{bench}.json"
     record = json.loads(path.read_text()) if path.exists() else {"benchmark": bench, "sittings": []}
-    record["sittings"].append({"variant": variant, "machine": machine(), **payload})
+    record["sittings"].append({"variant": variant, "machine": machine(), "isa": isa_facts(), **payload})
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, path)

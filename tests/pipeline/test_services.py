@@ -49,3 +49,17 @@ def test_a_folder_others_can_write_is_closed_and_a_link_or_a_stranger_s_folder_r
     os.chown(theirs, 12345, 12345)
     with pytest.raises(PermissionError, match="belongs to uid 12345"):
         private_dir(theirs)
+
+
+def test_a_second_process_of_the_same_shapes_loads_its_compiled_graph_from_the_cache(tmp_path):
+    code = ("from pipeline.services import use_private_compile_cache; use_private_compile_cache()\n"
+            "import torch\nfrom torch._dynamo.utils import counters\n"
+            "f = torch.compile(lambda x: (x.sin() + x.cos()).sum())\nf(torch.randn(64))\n"
+            "print(counters['inductor'].get('fxgraph_cache_hit', 0), counters['inductor'].get('fxgraph_cache_miss', 0))")
+    env = {**os.environ, "JUKEBOX_CACHE_DIR": str(tmp_path / "cache")}
+    for var in COMPILE_CACHE_ENV:
+        env.pop(var, None)
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout.split()
+            for _ in range(2)]
+    assert runs[0] == ["0", "1"] and runs[1] == ["1", "0"]  # compiled once, then loaded
+    assert any((tmp_path / "cache" / "compile" / "inductor").rglob("*"))

@@ -123,12 +123,15 @@ def download(uri: str, cache: str | Path | None = None, tracking_uri: str | None
     return RegisteredModel(mv.name, str(mv.version), mv.run_id or "", folder, card)
 
 
-def folder_digest(folder: Path) -> str:
-    """SHA-256 over every file of a model folder: its relative path and its content's SHA-256."""
+def folder_digest(folder: Path, files: list[Path] | None = None) -> str:
+    """SHA-256 over the files of a model folder (all of them, or ``files``, those uploaded): each
+    one's path relative to the folder and its content's SHA-256."""
     import hashlib
 
+    folder = Path(folder)
+    chosen = files if files is not None else [p for p in folder.rglob("*") if p.is_file() or p.is_symlink()]
     lines = []
-    for f in sorted(p for p in Path(folder).rglob("*") if p.is_file() or p.is_symlink()):
+    for f in sorted(chosen):
         h = hashlib.sha256()
         if not f.is_symlink():  # a link in a model folder hashes as a link, never as what it points at
             with open(f, "rb") as fh:

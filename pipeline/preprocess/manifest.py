@@ -72,7 +72,6 @@ class ManifestLimits:
 
 
 MAX_ROW_BYTES = MAX_LYRICS_BYTES + (64 << 10)  # a row holds its lyrics and some metadata: anything larger is refused
-MAX_SIDECAR_BYTES = MAX_ROW_BYTES
 
 
 def _csv_rows(path: Path) -> Iterator[Any]:

@@ -45,22 +45,20 @@ class ExistingOutput:
     of older runs without a kind, are retried)."""
 
     def __init__(self, out: Path, config_key: str):
-        songs = shards.read_table(out, shards.SONGS, ["song_id", "source", "file_size", "file_mtime_ns"])
-        self.song_ids: set[str] = set()
-        self.committed: dict[tuple[str, int, int], str] = {}
-        if songs is not None:
-            for sid, src, size, mtime in zip(*(songs[c].to_pylist() for c in songs.column_names), strict=True):
-                self.song_ids.add(sid)
-                self.committed[(src, size, mtime)] = sid
+        key = ["source", "file_size", "file_mtime_ns"]
+        songs = shards.read_table(out, shards.SONGS, ["song_id", *key])
+        self.committed: dict[tuple[str, int, int], str] = {} if songs is None else dict(
+            zip(zip(*(songs[c].to_pylist() for c in key)), songs["song_id"].to_pylist()))
+        self.song_ids = set(self.committed.values())
         self.quarantined: set[tuple[str, int, int]] = set()
         folder = out / shards.QUARANTINE
         for part in sorted(folder.glob("*.parquet")) if folder.exists() else []:
-            table = pq.read_table(part)
-            if "config_key" not in table.column_names:  # written before the kinds existed
+            if "config_key" not in pq.read_schema(part).names:  # written before the kinds existed
                 continue
-            keep = table.filter(pc.and_(pc.equal(table["error_kind"], "input"),
-                                                pc.equal(table["config_key"], config_key)))
-            self.quarantined.update(zip(*(keep[c].to_pylist() for c in ("source", "file_size", "file_mtime_ns")), strict=True))
+            # not the error texts: a million of them would cost the driver for nothing
+            table = pq.read_table(part, columns=[*key, "error_kind", "config_key"])
+            keep = table.filter(pc.and_(pc.equal(table["error_kind"], "input"), pc.equal(table["config_key"], config_key)))
+            self.quarantined.update(zip(*(keep[c].to_pylist() for c in key), strict=True))
 
     def skip_reason(self, key: tuple[str, int, int]) -> tuple[str, str] | None:
         """(song_id, reason) when this input need not be read again, else None."""
@@ -71,13 +69,46 @@ class ExistingOutput:
         return None
 
 
+class ParquetAppender:
+    """Rows appended to one Parquet file, ``rows`` at a time (one row group each); the file is made
+    on the first write, so an appender that never got a row leaves nothing behind."""
+
+    def __init__(self, path: Path, schema: pa.Schema, rows: int = BATCH_ROWS):
+        self.path, self.schema, self.rows_per_write = path, schema, rows
+        self.buffer: list[dict[str, Any]] = []
+        self.writer: pq.ParquetWriter | None = None
+        self.rows = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.buffer.append(row)
+        if len(self.buffer) >= self.rows_per_write:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            if self.writer is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.writer = pq.ParquetWriter(self.path, self.schema)
+            self.writer.write_table(pa.Table.from_pylist(self.buffer, schema=self.schema), row_group_size=self.rows_per_write)
+            self.rows += len(self.buffer)
+            self.buffer = []
+
+    def close(self) -> bool:
+        """Whether a file was written."""
+        self.flush()
+        if self.writer is None:
+            return False
+        self.writer.close()
+        self.writer = None
+        return True
+
+
 class Outcomes:
     """Every input's end (ok, quarantined, skipped_existing), counted and written as it comes."""
 
     def __init__(self, path: Path):
-        self.path, self.tmp = path, path.with_name(f".{path.name}.tmp")
-        self.writer: pq.ParquetWriter | None = None
-        self.buffer: list[dict[str, Any]] = []
+        self.path = path
+        self.file = ParquetAppender(path.with_name(f".{path.name}.tmp"), OUTCOME_SCHEMA)
         self.counts: Counter[str] = Counter()
         self.by_stage: Counter[str] = Counter()
         self.aligned_by: Counter[str] = Counter()
@@ -95,29 +126,17 @@ class Outcomes:
                 self.by_stage[r["stage"]] += 1
                 if len(self.failures) < SHOWN_FAILURES:
                     self.failures.append({k: r.get(k) for k in ("source", "stage", "error")})
-            self.buffer.append({"source": r["source"], "status": status, "song_id": r.get("song_id") or "",
-                                "stage": r.get("stage") or "", "reason": r.get("reason") or r.get("error") or ""})
-            if len(self.buffer) >= BATCH_ROWS:
-                self._flush()
+            self.file.add({"source": r["source"], "status": status, "song_id": r.get("song_id") or "",
+                           "stage": r.get("stage") or "", "reason": r.get("reason") or r.get("error") or ""})
 
     def skip(self, row: dict[str, Any], song_id: str, reason: str) -> None:
         self.add([{"source": row["source"], "status": "skipped_existing", "song_id": song_id, "reason": reason}])
 
-    def _flush(self) -> None:
-        if self.buffer:
-            if self.writer is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.writer = pq.ParquetWriter(self.tmp, OUTCOME_SCHEMA)
-            self.writer.write_table(pa.Table.from_pylist(self.buffer, schema=OUTCOME_SCHEMA))
-            self.buffer = []
-
     def close(self) -> Path | None:
         """The file, complete (renamed into place only now), or None when no input was seen."""
-        self._flush()
-        if self.writer is None:
+        if not self.file.close():
             return None
-        self.writer.close()
-        os.replace(self.tmp, self.path)
+        os.replace(self.file.path, self.path)
         return self.path
 
 
@@ -127,38 +146,28 @@ class Spool:
     workers read their own row groups, so no row passes through the driver's memory twice."""
 
     def __init__(self, folder: Path, schema: pa.Schema, row_group_rows: int = 256):
-        self.folder, self.schema, self.row_group_rows, self.rows = folder, schema, row_group_rows, 0
-        self.buffer: list[dict[str, Any]] = []
-        self.writer: pq.ParquetWriter | None = None
+        self.folder, self.schema = folder, schema
+        self.appender = ParquetAppender(folder / "driver.parquet", schema, row_group_rows)
+        self.written_elsewhere = 0  # rows in files Ray wrote here
 
     @classmethod
     def written_by_ray(cls, folder: Path, schema: pa.Schema) -> Spool:
         spool = cls(folder, schema)
-        spool.rows = sum(pq.ParquetFile(f).metadata.num_rows for f in spool.files())
+        spool.written_elsewhere = sum(pq.ParquetFile(f).metadata.num_rows for f in spool.files())
         return spool
+
+    @property
+    def rows(self) -> int:
+        return self.appender.rows + self.written_elsewhere
 
     def files(self) -> list[Path]:
         return sorted(self.folder.glob("*.parquet")) if self.folder.exists() else []
 
     def add(self, row: dict[str, Any]) -> None:
-        self.buffer.append(row)
-        if len(self.buffer) >= self.row_group_rows:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self.buffer:
-            if self.writer is None:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                self.writer = pq.ParquetWriter(self.folder / "driver.parquet", self.schema)
-            self.writer.write_table(pa.Table.from_pylist(self.buffer, schema=self.schema), row_group_size=self.row_group_rows)
-            self.rows += len(self.buffer)
-            self.buffer = []
+        self.appender.add(row)
 
     def close(self) -> Spool:
-        self._flush()
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        self.appender.close()
         return self
 
     def batches(self, rows: int = BATCH_ROWS, columns: list[str] | None = None) -> Iterator[pa.Table]:

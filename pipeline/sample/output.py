@@ -74,6 +74,16 @@ class SampleOutput:
                     raise ConfigError(f"{folder} is not a folder (a symlink?): refusing to write through it") from None
         return folder / parts[-1]
 
+    def names(self, rel_folder: str) -> list[str]:
+        """The files in a folder of the run (sorted; none when it does not exist): what a killed run left there."""
+        folder = self.root / rel_folder
+        try:
+            if not stat.S_ISDIR(os.lstat(folder).st_mode):
+                raise ConfigError(f"{folder} is not a folder (a symlink?): refusing to read through it")
+        except FileNotFoundError:
+            return []
+        return sorted(p.name for p in folder.iterdir())
+
     def existing(self, rel: str) -> Path | None:
         """A file a resumed run left at ``rel`` (a regular file, not a link), taken over as this run's; else None."""
         path = self.path(rel)

@@ -115,13 +115,13 @@ def _partial(level: str, segment: int) -> str:
 
 def resume_partial(out: SampleOutput, level: str, segment) -> np.ndarray:
     """The segment's known tokens followed by the windows a killed run saved of it, in order."""
-    folder = out.path(f"{_partial(level, segment.index)}/x").parent
+    folder = _partial(level, segment.index)
     chunks = [segment.known]
     done = segment.known.shape[1]
-    for name in sorted(p.name for p in folder.glob("*.npy")) if folder.is_dir() else []:
+    for name in (n for n in out.names(folder) if n.endswith(".npy")):
         if int(name.removesuffix(".npy")) != done:  # a gap: what follows cannot continue this segment
             break
-        chunk = out.load_npy(f"{_partial(level, segment.index)}/{name}")
+        chunk = out.load_npy(f"{folder}/{name}")
         chunks.append(chunk.astype(segment.known.dtype))
         done += chunk.shape[1]
     return np.concatenate(chunks, axis=1) if len(chunks) > 1 else segment.known

@@ -219,10 +219,7 @@ def _log_and_register(cfg: TrainSeparatorConfig, model_dir: Path, summary: dict,
             card = {"sample_rate": "44100", "stems": "vocals,accompaniment", "steps": str(summary["steps"]),
                     "frame_length": str(cfg.frame_length), "training_data_sha256": summary["training_data_sha256"]}
             source = f"{run.artifact_uri}/model"
-            with tempfile.TemporaryDirectory() as tmp:  # the digest of exactly what was uploaded
-                for f in uploaded:
-                    os.link(f, Path(tmp) / f.name)
-                digest = folder_digest(Path(tmp))
+            digest = folder_digest(model_dir, uploaded)  # of exactly what went to model/
             out.update(retry("register", lambda: register_version(run.client, cfg.register, source, run.run_id, card, cfg.alias,
                                                                   description="Spleeter 2-stem vocal separator (vocals, accompaniment)",
                                                                   digest=digest)))

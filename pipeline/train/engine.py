@@ -104,8 +104,7 @@ def build_engine(spec: TrainSpec, world: int, device: str):
     cfg = spec.runtime
     ds_config = deepspeed_config(cfg, spec.optim, world, device)
     seed_step(cfg, -1, 0)  # the same initial weights on every rank
-    quiet = contextlib.redirect_stdout(io.StringIO())  # DeepSpeed's "op built successfully" line per rank (a print, not a log)
-    with quiet:
+    with contextlib.redirect_stdout(io.StringIO()):  # DeepSpeed's "op built successfully" line per rank (a print, not a log)
         deepspeed.init_distributed()  # adopts the process group Ray Train made
     partitioned = deepspeed.zero.Init(config_dict_or_path=ds_config) if cfg.zero_stage == 3 else contextlib.nullcontext()
     with partitioned:

@@ -7,6 +7,7 @@ on 127.0.0.1 and is stopped by its PID at the end."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -27,6 +28,18 @@ ROOT = Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD = "correct-horse-battery-staple"  # noqa: S105 - a test's own server
 TRAINER, TRAINER_PASSWORD = "trainer", "trainer-password-42"
 OTHER, OTHER_PASSWORD = "other", "other-password-42"
+
+
+@contextlib.contextmanager
+def logged_in(user: str, password: str):
+    """MLflow's client login, as a job reads it, for the duration of a block."""
+    keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    os.environ.update(zip(keys, (user, password), strict=True))
+    try:
+        yield
+    finally:
+        for key in keys:
+            del os.environ[key]
 
 
 def _pg_bin(name: str) -> str:
@@ -114,13 +127,10 @@ def server(postgres, s3, tmp_path_factory):
             time.sleep(0.5)
     from mlflow.server.auth.client import AuthServiceClient
 
-    os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = "admin", ADMIN_PASSWORD
-    try:
+    with logged_in("admin", ADMIN_PASSWORD):
         admin = AuthServiceClient(url)
         admin.create_user(TRAINER, TRAINER_PASSWORD)
         admin.create_user(OTHER, OTHER_PASSWORD)
-    finally:
-        del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
     yield {"url": url, "log": log, "endpoint": endpoint, "s3_env": s3_env}
     stop(proc)
     assert ADMIN_PASSWORD not in log.read_text()  # nothing secret printed
@@ -171,22 +181,15 @@ def test_the_pipeline_job_submitted_to_a_token_auth_head_trains_and_registers_th
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="mlflow-artifacts", MaxKeys=1000).get("Contents", [])]
     assert any(k.endswith("model/card.json") for k in keys) and any(k.endswith(".safetensors") for k in keys), keys
     # the sampler's first step: resolve the alias, download and verify the files, as the trainer
-    os.environ.update(creds)
-    try:
+    with logged_in(TRAINER, TRAINER_PASSWORD):
         reg = download("models:/jukebox-vqvae-top@current", tmp_path / "cache", server["url"])
         assert reg.card["family"] == "vqvae" and (reg.folder / "card.json").exists()
-    finally:
-        for key in creds:
-            del os.environ[key]
     # another user may read it (READ by default) but not move the alias training and sampling load
-    os.environ.update({"MLFLOW_TRACKING_USERNAME": OTHER, "MLFLOW_TRACKING_PASSWORD": OTHER_PASSWORD})
-    try:
+    with logged_in(OTHER, OTHER_PASSWORD):
         other = mlflow.MlflowClient(tracking_uri=server["url"], registry_uri=server["url"])
         assert other.get_model_version_by_alias("jukebox-vqvae-top", "current").version == reg.version
         with pytest.raises(mlflow.exceptions.MlflowException, match="PERMISSION_DENIED|Permission denied|403"):
             other.set_registered_model_alias("jukebox-vqvae-top", "current", reg.version)
-    finally:
-        del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
 
 
 def test_the_launchers_refuse_an_open_or_guessable_server(tmp_path):

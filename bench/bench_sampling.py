@@ -7,7 +7,12 @@
    2 heads, blocks of 64, 2048 bins, random weights), 512 tokens from an empty context with the
    key/value cache: our sampler eager and compiled, on 1 and 2 threads, batch 1 and 8; the
    original timed by ../shared/peer/run.sh in the same sitting (2 threads, batch 1).
-2. ``jobs/sample.py``'s whole path (top, middle, bottom, decode) with the tiny presets' sizes
+2. A level of 4 windows at hop 0.5 (5,120 tokens; each later window continues the previous one's
+   last 1,024 tokens): its time against its new tokens alone (5,120 x the per-token time of an
+   empty-context window), with the known context in one batched forward (the prefill) and fed
+   one token at a time (as before the prefill).
+3. With ``--peer``, ``--pairs`` alternating measurements of the batch-1 sampler against the original.
+4. ``jobs/sample.py``'s whole path (top, middle, bottom, decode) with the tiny presets' sizes
    (registered with random weights: speed does not depend on what they learned) for a song of
    ``--song-seconds``, with 1 and 2 Ray workers for the upsampling: wall time and real-time factor.
 """
@@ -30,9 +35,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 import torch  # noqa: E402
 
 from bench.bench_prior_step import config as reference_config  # noqa: E402
-from bench.common import add_isa_argument, peer, save, use_isa  # noqa: E402
+from bench.common import add_isa_argument, add_pairs_argument, alternating_pairs, pairs_line, peer, save, use_isa  # noqa: E402
 from models.prior import Prior  # noqa: E402
-from models.sampling import SamplingSettings, TokenSampler  # noqa: E402
+from models.sampling import SamplingSettings, TokenSampler, window_starts  # noqa: E402
 from pipeline.tables import format_table  # noqa: E402
 
 
@@ -53,6 +58,57 @@ def time_tokens(prior: Prior, batch: int, threads: int, compiled: bool, tokens: 
     seconds = statistics.median(times)
     return {"batch": batch, "threads": threads, "compiled": compiled, "tokens": tokens, "seconds": seconds, "all_seconds": times,
             "first_window_s": first, "ms_per_step": 1000 * seconds / tokens, "tokens_per_s": batch * tokens / seconds}
+
+
+def time_tokens_with(sampler: TokenSampler, batch: int, tokens: int, repeats: int = 3) -> float:
+    """Seconds per step of a sampler: the median of ``repeats`` windows of ``tokens`` from an empty context."""
+    cond = {"artist": torch.zeros(batch, dtype=torch.long), "genres": torch.zeros(batch, 1, dtype=torch.long)}
+    empty = torch.zeros(batch, 0, dtype=torch.long)
+    times = []
+    for seed in range(repeats):
+        t = time.perf_counter()
+        sampler.window(cond, empty, tokens, torch.Generator().manual_seed(seed))
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) / tokens
+
+
+def time_level(prior: Prior, threads: int, windows: int = 4, repeats: int = 2) -> dict:
+    """A level of ``windows`` windows at hop 0.5, compiled, batch 1: with the prefill and without, against its new tokens alone."""
+    torch.set_num_threads(threads)
+    n_ctx = prior.cfg.n_ctx
+    total = n_ctx + (windows - 1) * n_ctx // 2
+    cond = {"artist": torch.zeros(1, dtype=torch.long), "genres": torch.zeros(1, 1, dtype=torch.long)}
+
+    def level(sampler: TokenSampler, seed: int) -> tuple[float, torch.Tensor]:
+        codes = torch.zeros(1, 0, dtype=torch.long)
+        t = time.perf_counter()
+        for start, end in window_starts(total, n_ctx, n_ctx // 2, 0):
+            out = sampler.window(cond, codes[:, start:], end - start, torch.Generator().manual_seed(seed * 1000 + start))
+            codes = torch.cat([codes, out[:, codes.shape[1] - start:]], dim=1)
+        return time.perf_counter() - t, codes
+
+    out: dict = {"tokens": total, "windows": windows, "n_ctx": n_ctx, "threads": threads}
+    sampler = TokenSampler(prior, SamplingSettings(temperature=1.0), compile=True)
+    empty = torch.zeros(1, 0, dtype=torch.long)
+    sampler.window(cond, empty, n_ctx, torch.Generator().manual_seed(0))  # the compile
+    alone = []
+    for seed in range(repeats):
+        t = time.perf_counter()
+        sampler.window(cond, empty, n_ctx, torch.Generator().manual_seed(seed))
+        alone.append((time.perf_counter() - t) / n_ctx)
+    out["new_tokens_alone_s"] = statistics.median(alone) * total
+    codes = {}
+    for batched in (True, False):
+        sampler.batched_prefill = batched
+        times = []
+        for seed in range(repeats):
+            seconds, codes[batched] = level(sampler, seed)
+            times.append(seconds)
+        key = "prefill" if batched else "one_token"
+        out[f"{key}_s"] = statistics.median(times)
+        out[f"{key}_ratio"] = out[f"{key}_s"] / out["new_tokens_alone_s"]
+    out["same_codes"] = bool(torch.equal(codes[True], codes[False]))
+    return out
 
 
 def whole_song(seconds: float, workers: int, store: dict, out: Path) -> dict:
@@ -86,6 +142,7 @@ def main() -> None:
     ap.add_argument("--song-seconds", type=float, default=10.0)
     ap.add_argument("--skip-song", action="store_true")
     add_isa_argument(ap)
+    add_pairs_argument(ap)
     args = ap.parse_args()
     use_isa(args.isa)
     torch.manual_seed(0)
@@ -108,6 +165,29 @@ def main() -> None:
     print(format_table(["sampler", "batch", "threads", "ms per step", "tokens/s", "first window s (compile)"], rows))
     if "speedup_batch1" in result:
         print(f"batch 1: {result['speedup_batch1']:.1f}x the original's tokens per second")
+
+    result["level"] = lv = time_level(prior, best1["threads"])
+    print(f"\na level of {lv['windows']} windows at hop 0.5 ({lv['tokens']:,} tokens), compiled, batch 1, {lv['threads']} thread(s)")
+    print(format_table(["known context fed", "level s", "vs its new tokens alone"],
+                       [["new tokens alone", f"{lv['new_tokens_alone_s']:.2f}", "1.00x"],
+                        ["one batched forward (prefill)", f"{lv['prefill_s']:.2f}", f"{lv['prefill_ratio']:.3f}x"],
+                        ["one token at a time", f"{lv['one_token_s']:.2f}", f"{lv['one_token_ratio']:.3f}x"]]))
+    print(f"same codes both ways: {lv['same_codes']}")
+
+    if args.peer and args.pairs:
+        sampler = TokenSampler(prior, SamplingSettings(temperature=1.0), compile=best1["compiled"])
+
+        def ours() -> float:
+            torch.set_num_threads(best1["threads"])
+            return time_tokens_with(sampler, 1, args.tokens)
+
+        def theirs() -> float:
+            report = peer(args.peer, "c_", "--no-flops", "--no-ceiling")
+            return report["summary"]["c_prior_top_sample_kvcache"]["ms_per_token_median"] / 1000
+
+        ours()  # the compile
+        result["pairs"] = alternating_pairs(ours, theirs, args.pairs)
+        print(pairs_line(f"batch 1 ({best1['threads']} thread(s), seconds per token)", result["pairs"]))
     if not args.skip_song:
         with tempfile.TemporaryDirectory() as tmp:
             store = register_tiny(Path(tmp))

@@ -105,15 +105,42 @@ def matmul_ceiling(size: int = 2048, reps: int = 5) -> float:
 PEER_ENV = "JUKEBOX_PEER_HARNESS"  # a script that runs the original 2020 code unmodified: <script> <git dir> --only <config>
 
 
-def peer(git_dir: str, config: str) -> dict:
+def peer(git_dir: str, config: str, *flags: str) -> dict:
     """The original 2020 Jukebox code's timings of one reference ``config`` (a_, b_ or c_), run in this sitting
     by the harness that ``$JUKEBOX_PEER_HARNESS`` names (default: ``peer/run.sh`` in the folder beside the checkout)."""
     import subprocess
 
     harness = os.environ.get(PEER_ENV) or str(ROOT.parent / "shared" / "peer" / "run.sh")
-    out = subprocess.run(["bash", harness, git_dir, "--only", config, "--no-selfcheck"], cwd=ROOT, capture_output=True,
+    out = subprocess.run(["bash", harness, git_dir, "--only", config, "--no-selfcheck", *flags], cwd=ROOT, capture_output=True,
                          text=True, check=True)
     return json.loads(out.stdout)
+
+
+def add_pairs_argument(parser) -> None:
+    parser.add_argument("--pairs", type=int, default=3,
+                        help="with --peer: alternating measurements (ours, the original, ours, ...) the speed-up is the median of")
+
+
+def alternating_pairs(ours, original, pairs: int) -> dict:
+    """Speed-ups (the original's seconds / ours) of ``pairs`` measurements taken in turn -- ours, the
+    original, ours, the original, ... -- in one sitting: this VM's speed drifts by up to 15 % over
+    minutes, and two measurements taken back to back share most of the drift. ``ours`` and
+    ``original`` each measure once and return seconds (per step, or per token)."""
+    import statistics
+
+    rows = []
+    for _ in range(pairs):
+        mine = ours()
+        theirs = original()
+        rows.append({"ours_s": mine, "original_s": theirs, "speedup": theirs / mine})
+    speedups = [r["speedup"] for r in rows]
+    return {"pairs": rows, "speedup_median": statistics.median(speedups), "speedup_min": min(speedups),
+            "speedup_max": max(speedups)}
+
+
+def pairs_line(what: str, result: dict) -> str:
+    return (f"{what}: {result['speedup_median']:.2f}x the original (median of {len(result['pairs'])} alternating pairs, "
+            f"{result['speedup_min']:.2f}-{result['speedup_max']:.2f}x)")
 
 
 def song_ids() -> list[str]:

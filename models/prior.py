@@ -142,6 +142,15 @@ class Prior(nn.Module):
         cache = self.transformer.new_cache(start.shape[0], memory, dtype=positions.dtype, device=positions.device)
         return {"start": start.to(positions.dtype), "positions": positions, **cache}
 
+    def prefill(self, state: dict[str, torch.Tensor], known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the known tokens ``known`` (batch, n) at positions 0..n-1, in one
+        forward (``Transformer.write_prefix`` stores them); the token at ``n`` is then sampled from
+        ``token_logits`` given ``known[:, -1]``. What a primed window, or a window continuing the
+        previous one's context, runs instead of ``n`` one-token steps."""
+        start = state["start"]
+        x = torch.cat([start, self.embed(known[:, :-1]).to(start.dtype)], dim=1) + state["positions"][:, :known.shape[1]]
+        return self.transformer.prefill(x, state)
+
     def token_logits(self, state: dict[str, torch.Tensor], previous: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(logits (batch, bins) of the token at ``pos``, its keys, its values), given the token at
         ``pos - 1`` (ignored at 0). Pure and shape-static in ``pos`` (a 0-d tensor): one compiled

@@ -70,11 +70,12 @@ def unconditioned(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 class TokenSampler:
     """Samples windows of one prior with fixed settings; ``compile`` builds the step graph once per batch size."""
 
-    def __init__(self, prior: Prior, settings: SamplingSettings, compile: bool = False):
+    def __init__(self, prior: Prior, settings: SamplingSettings, compile: bool = False, batched_prefill: bool = True):
         settings.validate()
+        self.batched_prefill = batched_prefill
         self.prior, self.settings = prior.eval(), settings
         self.guided = settings.cfg > 0
-        self.fn, self.inductor, self.compiled = self._token, {}, compile
+        self.fn, self.prefill, self.inductor, self.compiled = self._token, prior.prefill, {}, compile
         if compile:
             # a GPU: CUDA graphs. A CPU: the weights folded in as constants and inductor's own GEMM
             # kernels for one-row matmuls (2x faster than without; set while a graph compiles, as
@@ -112,25 +113,31 @@ class TokenSampler:
 
     def _loop(self, state, known, out, length, batch, generator) -> None:
         prior, n_known, device = self.prior, known.shape[1], out.device  # known: (batch, n_known)
+        previous = torch.zeros(known.shape[0], dtype=torch.long, device=device)
         positions = torch.arange(length, device=device)
-        # (length, batch): a row per position with the strides of a sampled token (a compiled step
-        # guards on strides, even of a batch of one, where .contiguous() would keep the old ones)
-        known = torch.empty(known.shape[::-1], dtype=known.dtype, device=device).copy_(known.t())
-        previous = torch.zeros(known.shape[1], dtype=torch.long, device=device)
-        prime_noise = torch.full((batch, prior.cfg.bins), 0.5, device=device)
+        if n_known and self.batched_prefill:  # the known tokens in one forward
+            keys, values = self.prefill(state, known)
+            prior.transformer.write_prefix(state, keys, values)
+        else:  # one step each through the sampling step (the reference the prefill is tested and timed against)
+            noise = torch.full((known.shape[0] // (2 if self.guided else 1), prior.cfg.bins), 0.5, device=device)
+            for pos in range(n_known):
+                _, keys, values = self.fn(state, previous, positions[pos], noise)
+                prior.transformer.write(state, positions[pos], keys, values)
+                previous = torch.empty_like(previous).copy_(known[:, pos])
+        if n_known:  # a row with the strides of a sampled token (a compiled step guards on strides, even of a batch of one)
+            previous = torch.empty_like(previous).copy_(known[:, -1])
         with contextlib.ExitStack() as stack:
-            for pos in range(length):
-                if pos == 1 and self.compiled:
+            for pos in range(n_known, length):
+                if pos == n_known + 1 and self.compiled:
                     # every call of a window has the shapes, strides and dtypes of its first: the graph that
                     # call chose serves the rest without re-checking its guards (~60 us a token on a CPU)
                     stack.enter_context(torch.compiler.set_stance(skip_guard_eval_unsafe=True))
                 pos_t = positions[pos]
-                uniform = prime_noise if pos < n_known else torch.rand(batch, prior.cfg.bins, generator=generator).to(device)
+                uniform = torch.rand(batch, prior.cfg.bins, generator=generator).to(device)
                 token, keys, values = self.fn(state, previous, pos_t, uniform)
                 prior.transformer.write(state, pos_t, keys, values)
-                previous = known[pos] if pos < n_known else token
-                if pos >= n_known:
-                    out[:, pos] = token
+                previous = token
+                out[:, pos] = token
 
 
 def window_starts(total: int, n_ctx: int, hop: int, known: int, align: int = 1) -> Iterator[tuple[int, int]]:

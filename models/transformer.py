@@ -136,6 +136,14 @@ class Attention(nn.Module):
         q, k, v = (self._heads(t) for t in self.qkv(x).chunk(3, dim=-1))
         return self._merge(factorized_attention(q, k, v, self.kind, self.block_len))
 
+    def prefill(self, x: torch.Tensor, memory_kv: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, ...]:
+        """The forward of a run of tokens that also returns their keys and values (a cross layer: the
+        memory's, already projected, and no keys of its own): (output, keys, values)."""
+        if self.kind == "cross":
+            return self._merge(F.scaled_dot_product_attention(self._heads(self.q(x)), *memory_kv)), None, None
+        q, k, v = (self._heads(t) for t in self.qkv(x).chunk(3, dim=-1))
+        return self._merge(factorized_attention(q, k, v, self.kind, self.block_len)), k, v
+
     def step(self, x: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """One token at position ``pos`` (a 0-d tensor): x (batch, 1, width); ``keys``/``values`` this
         layer's cache (batch, heads, n_ctx, head_dim) for positions before ``pos`` (a cross layer: the
@@ -190,6 +198,11 @@ class Block(nn.Module):
         x = x + self.drop(self.attn(self.ln_attn(x), memory))
         return x + self.drop(self.mlp(self.ln_mlp(x)))
 
+    def prefill(self, x: torch.Tensor, memory_kv: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, ...]:
+        out, k, v = self.attn.prefill(self.ln_attn(x), memory_kv)
+        x = x + out
+        return x + self.mlp(self.ln_mlp(x)), k, v
+
     def step(self, x: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out, k, v = self.attn.step(self.ln_attn(x), pos, keys, values)
         x = x + out
@@ -239,6 +252,33 @@ class Transformer(nn.Module):
             ks.append(k)
             vs.append(v)
         return self.ln_out(x), torch.stack(ks), torch.stack(vs)
+
+    def prefill(self, x: torch.Tensor, cache: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (layers, batch, heads, t, head_dim) of a run of known tokens' inputs ``x``
+        (batch, t, width) at positions 0..t-1, in one forward: what ``step`` writes one token at a
+        time, at the cost of a training forward (gpt-fast's prefill). The run is padded to whole
+        blocks; every pattern is causal, so the padding changes nothing before it."""
+        t = x.shape[1]
+        if self.cfg.factorized:
+            x = F.pad(x, (0, 0, 0, -t % self.cfg.block_len))
+        ks, vs, cross = [], [], 0
+        for block in self.blocks:
+            if block.attn.kind == "cross":
+                x, _, _ = block.prefill(x, (cache["memory_k"][cross], cache["memory_v"][cross]))
+                cross += 1
+                k = v = cache["k"].new_zeros(cache["k"].shape[1:3] + (t, cache["k"].shape[-1]))  # the stack keeps a row per layer
+            else:
+                x, k, v = block.prefill(x, None)
+            ks.append(k[:, :, :t])
+            vs.append(v[:, :, :t])
+        return torch.stack(ks), torch.stack(vs)
+
+    @staticmethod
+    def write_prefix(cache: dict[str, torch.Tensor], keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Store a prefill's keys and values at positions 0..t-1."""
+        t = keys.shape[3]
+        cache["k"][:, :, :, :t] = keys
+        cache["v"][:, :, :, :t] = values
 
     @staticmethod
     def write(cache: dict[str, torch.Tensor], pos: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:

@@ -119,3 +119,43 @@ def test_the_static_step_matches_for_every_pattern():
             out, k, v = model.step(x[:, t:t + 1], torch.tensor(t), cache)
             model.write(cache, torch.tensor(t), k, v)
             torch.testing.assert_close(out[:, 0], full[:, t], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("level,factorized,n_known", [("top", True, 21), ("top", True, 32), ("middle", True, 13), ("top", False, 5)])
+def test_a_prefill_writes_the_cache_the_one_token_steps_write(level, factorized, n_known):
+    prior = tiny(level, factorized=factorized)
+    n = 2
+    batch = cond(prior, n)
+    if prior.cfg.upsampler is not None:
+        batch["upper_codes"] = torch.randint(0, 256, (n, 16), generator=torch.Generator().manual_seed(4))
+    known = torch.randint(0, prior.cfg.bins, (n, n_known), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        stepped, batched = prior.start_sampling(batch), prior.start_sampling(batch)
+        previous = torch.zeros(n, dtype=torch.long)
+        for pos in range(n_known):
+            _, k, v = prior.token_logits(stepped, previous, torch.tensor(pos))
+            prior.transformer.write(stepped, torch.tensor(pos), k, v)
+            previous = known[:, pos]
+        prior.transformer.write_prefix(batched, *prior.prefill(batched, known))
+        for key in ("k", "v"):
+            torch.testing.assert_close(batched[key], stepped[key], atol=1e-5, rtol=1e-5)
+        # the next token's logits from either cache
+        pos = torch.tensor(n_known)
+        torch.testing.assert_close(prior.token_logits(batched, known[:, -1], pos)[0], prior.token_logits(stepped, known[:, -1], pos)[0],
+                                   atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("level,settings", [("top", SamplingSettings()), ("top", SamplingSettings(cfg=2.0, top_k=40)),
+                                            ("middle", SamplingSettings(temperature=0.99))])
+def test_windows_sample_the_same_codes_with_and_without_the_prefill(level, settings):
+    prior = tiny(level)
+    upper = np.random.default_rng(0).integers(0, 256, (2, 60))
+    ratio = 4 if level == "middle" else 1
+    known = np.random.default_rng(1).integers(0, prior.cfg.bins, (2, 27))  # a prompt that is not a whole number of blocks
+    runs = []
+    for batched in (True, False):
+        sampler = LevelSampler(level, prior, settings, Conditioning(1, [1, -1], 44100 * 3), 2, 0, 0.5, False, upper, ratio)
+        sampler.sampler.batched_prefill = batched
+        runs.append(list(sampler.sample(Segment(level, 0, 0, 200, known)))[-1])  # 5 windows, each continuing a context of 32
+    assert runs[0].shape == (2, 200)
+    assert np.array_equal(runs[0], runs[1])

@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.common import add_isa_argument, matmul_ceiling, peer, save, use_isa  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import add_isa_argument, add_pairs_argument, alternating_pairs, matmul_ceiling, pairs_line, peer, save, use_isa  # noqa: E402
 from models.prior import Prior, PriorConfig  # noqa: E402
 from models.transformer import TransformerConfig  # noqa: E402
 from pipeline.tables import format_table  # noqa: E402
@@ -38,51 +39,69 @@ def config() -> PriorConfig:
                        transformer=TransformerConfig(width=256, depth=8, heads=2, n_ctx=2048, block_len=64))
 
 
-def batch_of(cfg: PriorConfig, batch: int, seed: int) -> dict[str, torch.Tensor]:
+def batch_of(cfg: PriorConfig, batch: int, seed: int, device: str = "cpu") -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {"codes": torch.randint(0, cfg.bins, (batch, cfg.n_ctx), generator=g), "artist": torch.zeros(batch, dtype=torch.long),
+    data = {"codes": torch.randint(0, cfg.bins, (batch, cfg.n_ctx), generator=g), "artist": torch.zeros(batch, dtype=torch.long),
             "genres": torch.zeros(batch, 1, dtype=torch.long)}
+    return {k: v.to(device) for k, v in data.items()}
 
 
-def time_training(cfg: PriorConfig, steps: int, batch: int, compiled: bool, bf16: bool = False) -> dict:
-    """As the runtime trains: fused AdamW, and with ``compiled`` the forward through torch.compile
-    (``--runtime.compile``; the loss and the optimizer stay eager); with ``bf16`` the forward under
-    bf16 autocast (``--runtime.autocast bf16``: fp32 weights and optimizer, not the issue's fp32 step)."""
+def training_step(cfg: PriorConfig, compiled: bool, bf16: bool = False, device: str = "cpu"):
+    """(one training step of a batch, the model), as the runtime trains: fused AdamW, and with
+    ``compiled`` the forward and the loss through torch.compile (``--runtime.compile``; the
+    optimizer stays eager); with ``bf16`` the forward under bf16 autocast (``--runtime.autocast
+    bf16``: fp32 weights and optimizer, not the issue's fp32 step)."""
     import contextlib
 
-    from torch.utils.flop_counter import FlopCounterMode
-
     torch.manual_seed(0)
-    model = Prior(cfg)
+    model = Prior(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.01, fused=True)
+    loss_from = model.loss_from
     if compiled:
         model.compile()
+        loss_from = torch.compile(model.loss_from)  # as the runtime does: the loss a graph of its own
 
     def step(data):
-        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+        with torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
             out = model(data)
-        loss, _ = model.loss_from(out, data)
+        loss, _ = loss_from(out, data)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         return loss
 
-    data = [batch_of(cfg, batch, i) for i in range(steps + 2)]
+    return step, model
+
+
+def timed_steps(step, data: list[dict], device: str = "cpu") -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds of each step."""
+    times, cpu = [], []
+    for d in data:
+        common.synchronize(device)
+        t, c = time.perf_counter(), time.process_time()
+        step(d)
+        common.synchronize(device)
+        times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return times, cpu
+
+
+def time_training(cfg: PriorConfig, steps: int, batch: int, compiled: bool, bf16: bool = False, device: str = "cpu") -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    step, model = training_step(cfg, compiled, bf16, device)
+    data = [batch_of(cfg, batch, i, device) for i in range(steps + 2)]
     warm = time.perf_counter()
     for d in data[:2]:
         step(d)
+    common.synchronize(device)
     warm = time.perf_counter() - warm
-    times, cpu = [], []
-    for d in data[2:]:
-        t, c = time.perf_counter(), time.process_time()
-        step(d)
-        times.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
+    times, cpu = timed_steps(step, data[2:], device)
     with FlopCounterMode(display=False) as counter:
-        loss, _ = Prior(cfg).loss(data[0])  # eager: the counter sees aten ops
+        loss, _ = Prior(cfg).to(device).loss(data[0])  # eager: the counter sees aten ops
         loss.backward()
-    return {"compiled": compiled, "bf16_autocast": bf16, "first_two_steps_s": warm,
+    return {"_step": step, "compiled": compiled, "bf16_autocast": bf16, "first_two_steps_s": warm,
             "step_s": statistics.median(times), "step_s_min": min(times),
             "steps_s": times, "cpu_s": statistics.median(cpu),
             "flops_per_step": counter.get_total_flops(), "params": sum(p.numel() for p in model.parameters())}
@@ -94,30 +113,41 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--bf16", action="store_true", help="also time the compiled step under bf16 autocast (where the CPU has it)")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="also time the compiled step")
     ap.add_argument("--peer", default="", help="git directory of openai/jukebox: time the original in the same sitting")
     add_isa_argument(ap)
+    add_pairs_argument(ap)
+    common.add_device_argument(ap)
     args = ap.parse_args()
     use_isa(args.isa)
+    device = common.resolve_device(args.device)
     torch.set_num_threads(args.threads)
     cfg = config()
-    ceiling = matmul_ceiling()
-    eager = time_training(cfg, args.steps, args.batch, compiled=False)
-    train = time_training(cfg, args.steps, args.batch, compiled=True)
+    ceiling = matmul_ceiling(device=device)
+    eager = time_training(cfg, args.steps, args.batch, compiled=False, device=device)
+    train = time_training(cfg, args.steps, args.batch, compiled=True, device=device) if args.compile else eager
+    floor_step, _ = training_step(cfg, False, False, device)
+    floor_data = batch_of(cfg, args.batch, 0, device)
+    floor = common.arithmetic_floor(lambda: floor_step(floor_data))
     mfu_eager = eager["flops_per_step"] / eager["step_s"] / ceiling
     mfu = train["flops_per_step"] / train["step_s"] / ceiling
     result = {"config": {"n_ctx": 2048, "width": 256, "depth": 8, "heads": 2, "block_len": 64, "batch": args.batch, "fp32": True,
                          "threads": args.threads, "omp_wait_policy": os.environ["OMP_WAIT_POLICY"]},
-              "matmul_ceiling_flops": ceiling, "train_eager": eager, "mfu_eager": mfu_eager, "train": train, "mfu": mfu}
-    rows = [["ours, eager: train step", f"{eager['step_s']:.3f} s", f"{eager['flops_per_step'] / 1e9:.1f}", f"{mfu_eager:.1%}"],
+              "matmul_ceiling_flops": ceiling, "arithmetic_floor": floor,
+              "train_eager": eager, "mfu_eager": mfu_eager, "train": train, "mfu": mfu}
+    rows = [[f"the step's matmuls and attention alone ({floor['calls']} calls, fp32)", f"{floor['floor_s']:.3f} s",
+             f"{eager['flops_per_step'] / 1e9:.1f}", f"{eager['flops_per_step'] / floor['floor_s'] / ceiling:.1%}"],
+            ["ours, eager: train step", f"{eager['step_s']:.3f} s", f"{eager['flops_per_step'] / 1e9:.1f}", f"{mfu_eager:.1%}"],
             [f"ours, compiled: train step (compile {train['first_two_steps_s']:.0f} s once)", f"{train['step_s']:.3f} s",
              f"{train['flops_per_step'] / 1e9:.1f}", f"{mfu:.1%}"]]
     if args.bf16:
         from pipeline.train.engine import bf16_supported
 
-        if not bf16_supported("cpu"):
-            raise SystemExit("--bf16: this CPU has no bf16 compute (no AVX512-BF16 or AMX)")
-        result["train_bf16"] = bf16 = time_training(cfg, args.steps, args.batch, compiled=True, bf16=True)
-        rows.append(["ours, compiled + bf16 autocast (not fp32)", f"{bf16['step_s']:.3f} s", f"{bf16['flops_per_step'] / 1e9:.1f}", ""])
+        if not bf16_supported(device):
+            print(f"--bf16: skipped, this {device} (or ISA profile) has no bf16 compute")
+        else:
+            result["train_bf16"] = bf16 = time_training(cfg, args.steps, args.batch, compiled=True, bf16=True, device=device)
+            rows.append(["ours, compiled + bf16 autocast (not fp32)", f"{bf16['step_s']:.3f} s", f"{bf16['flops_per_step'] / 1e9:.1f}", ""])
     if args.peer:
         original = peer(args.peer, "b_")
         result["peer"] = original
@@ -126,12 +156,35 @@ def main() -> None:
         result["ratios"] = {"train_step_speedup": peer_step / train["step_s"], "train_step_speedup_eager": peer_step / eager["step_s"]}
         if "train_bf16" in result:
             result["ratios"]["train_step_speedup_bf16_autocast"] = peer_step / result["train_bf16"]["step_s"]
+        result["ratios"]["most_over_original_at_the_floor"] = peer_step / floor["floor_s"]
         rows += [["original 2020: train step", f"{peer_step:.3f} s", f"{b['gflop_counted']:.1f}", f"{b.get('mfu_median') or 0:.1%}"],
+                 ["the most any fp32 step of this arithmetic gains over it (original / floor)",
+                  f"{result['ratios']['most_over_original_at_the_floor']:.2f}x", "", ""],
                  ["speed-up (compiled / eager)",
                   f"{result['ratios']['train_step_speedup']:.2f}x / {result['ratios']['train_step_speedup_eager']:.2f}x", "", ""]]
-    print(f"prior n_ctx 2048, width 256, depth 8, 2 heads, blocks of 64, batch {args.batch}, fp32, {args.threads} threads; "
+    if args.peer and args.pairs:
+        # the fastest of our variants at the best precision this CPU has, against the original, in turns
+        variants = [v for v in (eager, train, result.get("train_bf16")) if v]
+        best = min(variants, key=lambda v: v["step_s"])
+        step = best["_step"]  # the same step: a second torch.compile of the model would recompile
+        data = [batch_of(cfg, args.batch, i, device) for i in range(args.steps)]
+
+        def theirs() -> float:
+            report = peer(args.peer, "b_", "--no-flops", "--no-ceiling")
+            return report["summary"]["b_prior_top_factorized_train"]["median_s"]
+
+        result["pairs"] = alternating_pairs(lambda: statistics.median(timed_steps(step, data, device)[0]), theirs, args.pairs)
+        result["pairs"]["variant"] = {"compiled": best["compiled"], "bf16_autocast": best["bf16_autocast"]}
+        label = ("compiled" if best["compiled"] else "eager") + (" + bf16 autocast" if best["bf16_autocast"] else ", fp32")
+    result["device"] = common.device_facts(device)
+    for v in (eager, train, result.get("train_bf16")):
+        if v:
+            v.pop("_step", None)
+    print(f"prior n_ctx 2048, width 256, depth 8, 2 heads, blocks of 64, batch {args.batch}, fp32, {device}, {args.threads} threads; "
           f"matmul ceiling {ceiling / 1e9:.1f} GFLOP/s")
     print(format_table(["what", "time", "GFLOP per step", "MFU"], rows))
+    if "pairs" in result:
+        print(pairs_line(f"train step, ours {label}", result["pairs"]))
     print(save("prior_step", result))
 
 

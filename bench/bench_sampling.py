@@ -35,25 +35,49 @@ sys.path.insert(0, str(ROOT / "tests"))
 import torch  # noqa: E402
 
 from bench.bench_prior_step import config as reference_config  # noqa: E402
-from bench.common import add_isa_argument, add_pairs_argument, alternating_pairs, pairs_line, peer, save, use_isa  # noqa: E402
+from bench.common import (  # noqa: E402
+    add_device_argument,
+    add_isa_argument,
+    add_pairs_argument,
+    alternating_pairs,
+    device_facts,
+    pairs_line,
+    peer,
+    resolve_device,
+    save,
+    synchronize,
+    use_isa,
+)
 from models.prior import Prior  # noqa: E402
 from models.sampling import SamplingSettings, TokenSampler, window_starts  # noqa: E402
 from pipeline.tables import format_table  # noqa: E402
+
+
+def device_of(prior: Prior) -> str:
+    return next(prior.parameters()).device.type
+
+
+def inputs(prior: Prior, batch: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The reference prior's conditioning (no labels) and an empty context, on its device."""
+    device = device_of(prior)
+    cond = {"artist": torch.zeros(batch, dtype=torch.long, device=device), "genres": torch.zeros(batch, 1, dtype=torch.long, device=device)}
+    return cond, torch.zeros(batch, 0, dtype=torch.long, device=device)
 
 
 def time_tokens(prior: Prior, batch: int, threads: int, compiled: bool, tokens: int, repeats: int = 3) -> dict:
     """The median of ``repeats`` windows after a first one (which compiles): this VM's timings wander by ~20 %."""
     torch.set_num_threads(threads)
     sampler = TokenSampler(prior, SamplingSettings(temperature=1.0), compile=compiled)
-    cond = {"artist": torch.zeros(batch, dtype=torch.long), "genres": torch.zeros(batch, 1, dtype=torch.long)}
-    empty = torch.zeros(batch, 0, dtype=torch.long)
+    cond, empty = inputs(prior, batch)
     t = time.perf_counter()
     sampler.window(cond, empty, tokens, torch.Generator().manual_seed(0))  # the compile, when compiled
+    synchronize(device_of(prior))
     first = time.perf_counter() - t
     times = []
     for seed in range(1, repeats + 1):
         t = time.perf_counter()
         sampler.window(cond, empty, tokens, torch.Generator().manual_seed(seed))
+        synchronize(device_of(sampler.prior))
         times.append(time.perf_counter() - t)
     seconds = statistics.median(times)
     return {"batch": batch, "threads": threads, "compiled": compiled, "tokens": tokens, "seconds": seconds, "all_seconds": times,
@@ -62,39 +86,41 @@ def time_tokens(prior: Prior, batch: int, threads: int, compiled: bool, tokens: 
 
 def time_tokens_with(sampler: TokenSampler, batch: int, tokens: int, repeats: int = 3) -> float:
     """Seconds per step of a sampler: the median of ``repeats`` windows of ``tokens`` from an empty context."""
-    cond = {"artist": torch.zeros(batch, dtype=torch.long), "genres": torch.zeros(batch, 1, dtype=torch.long)}
-    empty = torch.zeros(batch, 0, dtype=torch.long)
+    cond, empty = inputs(sampler.prior, batch)
     times = []
     for seed in range(repeats):
         t = time.perf_counter()
         sampler.window(cond, empty, tokens, torch.Generator().manual_seed(seed))
+        synchronize(device_of(sampler.prior))
         times.append(time.perf_counter() - t)
     return statistics.median(times) / tokens
 
 
-def time_level(prior: Prior, threads: int, windows: int = 4, repeats: int = 2) -> dict:
+def time_level(prior: Prior, threads: int, windows: int = 4, repeats: int = 2, compiled: bool = True) -> dict:
     """A level of ``windows`` windows at hop 0.5, compiled, batch 1: with the prefill and without, against its new tokens alone."""
     torch.set_num_threads(threads)
     n_ctx = prior.cfg.n_ctx
     total = n_ctx + (windows - 1) * n_ctx // 2
-    cond = {"artist": torch.zeros(1, dtype=torch.long), "genres": torch.zeros(1, 1, dtype=torch.long)}
+    cond, _ = inputs(prior, 1)
 
     def level(sampler: TokenSampler, seed: int) -> tuple[float, torch.Tensor]:
-        codes = torch.zeros(1, 0, dtype=torch.long)
+        codes = torch.zeros(1, 0, dtype=torch.long, device=device_of(prior))
         t = time.perf_counter()
         for start, end in window_starts(total, n_ctx, n_ctx // 2, 0):
             out = sampler.window(cond, codes[:, start:], end - start, torch.Generator().manual_seed(seed * 1000 + start))
             codes = torch.cat([codes, out[:, codes.shape[1] - start:]], dim=1)
+        synchronize(device_of(prior))
         return time.perf_counter() - t, codes
 
-    out: dict = {"tokens": total, "windows": windows, "n_ctx": n_ctx, "threads": threads}
-    sampler = TokenSampler(prior, SamplingSettings(temperature=1.0), compile=True)
-    empty = torch.zeros(1, 0, dtype=torch.long)
+    out: dict = {"tokens": total, "windows": windows, "n_ctx": n_ctx, "threads": threads, "compiled": compiled}
+    sampler = TokenSampler(prior, SamplingSettings(temperature=1.0), compile=compiled)
+    empty = torch.zeros(1, 0, dtype=torch.long, device=device_of(prior))
     sampler.window(cond, empty, n_ctx, torch.Generator().manual_seed(0))  # the compile
     alone = []
     for seed in range(repeats):
         t = time.perf_counter()
         sampler.window(cond, empty, n_ctx, torch.Generator().manual_seed(seed))
+        synchronize(device_of(prior))
         alone.append((time.perf_counter() - t) / n_ctx)
     out["new_tokens_alone_s"] = statistics.median(alone) * total
     codes = {}
@@ -109,6 +135,17 @@ def time_level(prior: Prior, threads: int, windows: int = 4, repeats: int = 2) -
         out[f"{key}_ratio"] = out[f"{key}_s"] / out["new_tokens_alone_s"]
     out["same_codes"] = bool(torch.equal(codes[True], codes[False]))
     return out
+
+
+def level_table(result: dict, prior: Prior, threads: int, windows: int, compiled: bool) -> None:
+    result["level"] = lv = time_level(prior, threads, windows, compiled=compiled)
+    print(f"\na level of {lv['windows']} windows at hop 0.5 ({lv['tokens']:,} tokens), {'compiled' if compiled else 'eager'}, batch 1, "
+          f"{lv['threads']} thread(s)")
+    print(format_table(["known context fed", "level s", "vs its new tokens alone"],
+                       [["new tokens alone", f"{lv['new_tokens_alone_s']:.2f}", "1.00x"],
+                        ["one batched forward (prefill)", f"{lv['prefill_s']:.2f}", f"{lv['prefill_ratio']:.3f}x"],
+                        ["one token at a time", f"{lv['one_token_s']:.2f}", f"{lv['one_token_ratio']:.3f}x"]]))
+    print(f"same codes both ways: {lv['same_codes']}")
 
 
 def whole_song(seconds: float, workers: int, store: dict, out: Path) -> dict:
@@ -141,16 +178,21 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=512)
     ap.add_argument("--song-seconds", type=float, default=10.0)
     ap.add_argument("--skip-song", action="store_true")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="also time the compiled sampler")
+    ap.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    ap.add_argument("--level-windows", type=int, default=4, help="windows of the level timed with and without the prefill (0: skip)")
     add_isa_argument(ap)
     add_pairs_argument(ap)
+    add_device_argument(ap)
     args = ap.parse_args()
     use_isa(args.isa)
+    device = resolve_device(args.device)
     torch.manual_seed(0)
-    prior = Prior(reference_config()).eval()
+    prior = Prior(reference_config()).eval().to(device)
     runs = [time_tokens(prior, batch, threads, compiled, args.tokens)
-            for batch in (1, 8) for compiled in (False, True) for threads in (1, 2)]
+            for batch in map(int, args.batches.split(",")) for compiled in (False, True)[:1 + args.compile] for threads in (1, 2)]
     result: dict = {"reference": {"n_ctx": 2048, "width": 256, "depth": 8, "heads": 2, "block_len": 64, "bins": 2048},
-                    "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "tokens": runs}
+                    "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "tokens": runs, "device": device_facts(device)}
     rows = [[f"ours, {'compiled' if r['compiled'] else 'eager'}", r["batch"], r["threads"], f"{r['ms_per_step']:.3f}",
              f"{r['tokens_per_s']:,.0f}", f"{r['first_window_s']:.1f}"] for r in runs]
     best1 = max((r for r in runs if r["batch"] == 1), key=lambda r: r["tokens_per_s"])
@@ -166,13 +208,9 @@ def main() -> None:
     if "speedup_batch1" in result:
         print(f"batch 1: {result['speedup_batch1']:.1f}x the original's tokens per second")
 
-    result["level"] = lv = time_level(prior, best1["threads"])
-    print(f"\na level of {lv['windows']} windows at hop 0.5 ({lv['tokens']:,} tokens), compiled, batch 1, {lv['threads']} thread(s)")
-    print(format_table(["known context fed", "level s", "vs its new tokens alone"],
-                       [["new tokens alone", f"{lv['new_tokens_alone_s']:.2f}", "1.00x"],
-                        ["one batched forward (prefill)", f"{lv['prefill_s']:.2f}", f"{lv['prefill_ratio']:.3f}x"],
-                        ["one token at a time", f"{lv['one_token_s']:.2f}", f"{lv['one_token_ratio']:.3f}x"]]))
-    print(f"same codes both ways: {lv['same_codes']}")
+    if args.level_windows:
+        level_table(result, prior, best1["threads"], args.level_windows, args.compile)
+
 
     if args.peer and args.pairs:
         sampler = TokenSampler(prior, SamplingSettings(temperature=1.0), compile=best1["compiled"])

@@ -28,7 +28,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.common import REALDATA, add_isa_argument, matmul_ceiling, save, use_isa  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import (  # noqa: E402
+    REALDATA,
+    add_device_argument,
+    add_isa_argument,
+    add_pairs_argument,
+    alternating_pairs,
+    device_facts,
+    matmul_ceiling,
+    pairs_line,
+    peer,
+    resolve_device,
+    save,
+    synchronize,
+    use_isa,
+)
 from models.losses import LossScales, mean_spectral_norm, vqvae_loss  # noqa: E402
 from models.vqvae import VQVAE, VQVAEConfig  # noqa: E402
 from pipeline.tables import format_table  # noqa: E402
@@ -53,6 +68,36 @@ def real_batches(n: int, batch: int, length: int, seed: int = 0) -> list[torch.T
     return out
 
 
+def training_step(cfg: VQVAEConfig, scales: LossScales, compiled: bool, bf16: bool, device: str = "cpu"):
+    """One training step of a batch, as the runtime trains (a fused Adam; ``--runtime.compile``, ``--runtime.autocast``)."""
+    torch.manual_seed(0)
+    model = VQVAE(cfg).to(device)
+    if compiled:
+        model.compile()  # as the runtime does (in place)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-4, fused=True)
+
+    def step(x):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            out = model(x)
+        parts = vqvae_loss(out, x, cfg, scales)
+        opt.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        opt.step()
+
+    return step
+
+
+def timed_steps(step, batches: list[torch.Tensor], device: str = "cpu") -> list[float]:
+    times = []
+    for x in batches:
+        synchronize(device)
+        t = time.perf_counter()
+        step(x)
+        synchronize(device)
+        times.append(time.perf_counter() - t)
+    return times
+
+
 VARIANTS = {  # name: (torch.compile, bf16 autocast) -- the job's --runtime.compile and --runtime.autocast
     "fp32": (False, False), "bf16 autocast": (False, True), "compiled fp32": (True, False), "compiled + bf16 autocast": (True, True)}
 
@@ -67,9 +112,13 @@ def main() -> None:
     ap.add_argument("--checkpointing", action="store_true", help="also each variant with activation checkpointing")
     ap.add_argument("--original", type=float, nargs="*", default=[],
                     help="the original's step times (s) measured in the same sitting with ../shared/peer/run.sh --only a_")
+    ap.add_argument("--peer", default="", help="git directory of openai/jukebox: time the original in the same sitting")
     add_isa_argument(ap)
+    add_pairs_argument(ap)
+    add_device_argument(ap)
     args = ap.parse_args()
     use_isa(args.isa)
+    device = resolve_device(args.device)
     from pipeline.train.engine import bf16_supported
 
     torch.set_num_threads(args.threads)
@@ -77,36 +126,23 @@ def main() -> None:
     batches = real_batches(args.steps + 3, args.batch, args.length)
     sample = torch.cat(batches).squeeze(-1)
     scales = LossScales(float(sample.var()), mean_spectral_norm(sample, cfg.stft_settings))
-    rows, results = [], {}
+    batches = [b.to(device) for b in batches]
+    rows, results, built = [], {}, {}
     for name in args.variants.split(","):
         compiled, bf16 = VARIANTS[name]
-        if bf16 and not bf16_supported("cpu"):
-            print(f"{name}: skipped, this CPU has no AVX512-BF16 or AMX")
+        if bf16 and not bf16_supported(device):
+            print(f"{name}: skipped, this {device} has no bf16 compute" + (" (no AVX512-BF16 or AMX)" if device == "cpu" else ""))
             continue
         for checkpointing in (False, True) if args.checkpointing else (False,):
-            torch.manual_seed(0)
             cfg.checkpoint_activations = checkpointing
-            model = VQVAE(cfg)
-            forward = torch.compile(model) if compiled else model
-            opt = torch.optim.Adam(model.parameters(), lr=3e-4, fused=True)  # the runtime's optimizer is fused too
-
-            def step(x, forward=forward, opt=opt, bf16=bf16):
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    out = forward(x)
-                parts = vqvae_loss(out, x, cfg, scales)
-                opt.zero_grad(set_to_none=True)
-                parts["loss"].backward()
-                opt.step()
-
+            step = training_step(cfg, scales, compiled, bf16, device)
             t = time.perf_counter()
             for x in batches[:3]:
                 step(x)  # warm-up (codebook initialisation, allocator, compilation)
+            synchronize(device)
             warmup = time.perf_counter() - t
-            times = []
-            for x in batches[3:]:
-                t = time.perf_counter()
-                step(x)
-                times.append(time.perf_counter() - t)
+            times = timed_steps(step, batches[3:], device)
+            built[name + (" + checkpointing" if checkpointing else "")] = step
             from torch.utils.flop_counter import FlopCounterMode
 
             with FlopCounterMode(display=False) as counter:
@@ -114,20 +150,46 @@ def main() -> None:
             flops = counter.get_total_flops()
             median = statistics.median(times)
             key = name + (" + checkpointing" if checkpointing else "")
-            results[key] = {"step_s": median, "steps_s": times, "warmup_s": warmup, "flops_per_step": flops}
+            results[key] = {"step_s": median, "steps_s": times, "warmup_s": warmup, "flops_per_step": flops, "compiled": compiled,
+                            "bf16_autocast": bf16, "checkpointing": checkpointing}
             rows.append([key, round(median, 3), round(warmup, 1), round(flops / 1e9, 1), round(flops / median / 1e9, 2)])
-    ceiling = matmul_ceiling()
+    ceiling = matmul_ceiling(device=device)
+    cfg.checkpoint_activations = False
+    floor_step = training_step(cfg, scales, False, False, device)
+    floor_step(batches[0])  # the codebook's initialisation is not a step's arithmetic
+    floor = common.arithmetic_floor(lambda: floor_step(batches[1]))
+    pairs = None
+    if args.peer and args.pairs:
+        # the fastest variant (without checkpointing) against the original, in turns
+        # the same step object: a second torch.compile of the model would recompile, and past dynamo's
+        # recompile limit run eager without a word
+        name, best = min(((k, v) for k, v in results.items() if not v["checkpointing"]), key=lambda kv: kv[1]["step_s"])
+        step = built[name]
+
+        def theirs() -> float:
+            return peer(args.peer, "a_", "--no-flops", "--no-ceiling")["summary"]["a_vqvae_bottom_hop8_train"]["median_s"]
+
+        pairs = alternating_pairs(lambda: statistics.median(timed_steps(step, batches[3:], device)), theirs, args.pairs)
+        pairs["variant"] = name
+        args.original = [p["original_s"] for p in pairs["pairs"]]
     original = statistics.median(args.original) if args.original else None
     for r in rows:
         r += [f"{r[4] * 1e9 / ceiling:.1%}", f"{original / r[1]:.2f}x" if original else ""]
-    print(f"bottom level, width 32, depth 4, batch {args.batch} x {args.length}, {args.threads} threads, "
+    print(f"bottom level, width 32, depth 4, batch {args.batch} x {args.length}, {device}, {args.threads} threads, "
           f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; fp32 matmul ceiling {ceiling / 1e9:.1f} GFLOP/s"
-          + (f"; the original: {original:.3f} s per step (median of {args.original})" if original else ""))
+          + (f"; the original: {original:.3f} s per step (median of {[round(o, 3) for o in args.original]})" if original else ""))
     print(format_table(["variant", "step s (median)", "warm-up s", "GFLOP per step", "GFLOP/s", "of fp32 ceiling", "vs original"],
                        rows))
+    print(f"the step's convolutions and matmuls alone (fp32, {floor['calls']} calls): {floor['floor_s']:.3f} s"
+          + (f"; the most any fp32 step of it gains over the original: {original / floor['floor_s']:.2f}x" if original else ""))
+    if pairs:
+        print(pairs_line(f"train step, ours {pairs['variant']}", pairs))
     print(save("vqvae_step", {"config": {"width": 32, "depth": 4, "batch": args.batch, "length": args.length,
                                          "threads": args.threads, "omp_wait_policy": os.environ["OMP_WAIT_POLICY"]},
-                              "matmul_ceiling_flops": ceiling, "original_step_s": args.original, "results": results}))
+                              "matmul_ceiling_flops": ceiling, "arithmetic_floor": floor, "original_step_s": args.original,
+                              "results": results,
+                              "device": device_facts(device),
+                              **({"pairs": pairs} if pairs else {})}))
 
 
 if __name__ == "__main__":

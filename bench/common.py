@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+# where sittings are saved: bench/gpu_check.sh points it at the folder it hands back
+RESULTS = Path(os.environ.get("JUKEBOX_BENCH_RESULTS") or ROOT / "bench" / "results")
 REALDATA = ROOT.parent / "shared" / "realdata" / "jamendo"
 
 
@@ -47,6 +48,9 @@ def use_isa(isa: str) -> None:
 
     want = ISA_PROFILES[isa]
     if all(os.environ.get(k) == want.get(k) for k in ISA_VARIABLES):
+        from pipeline.services import use_private_compile_cache
+
+        use_private_compile_cache()  # compiled graphs in a folder of this profile's own, as the jobs keep them
         return
     for k in ISA_VARIABLES:
         os.environ.pop(k, None)
@@ -88,18 +92,60 @@ def latest(bench: str, variant: str = "") -> dict | None:
     return found[-1] if found else None
 
 
-def matmul_ceiling(size: int = 2048, reps: int = 5) -> float:
-    """The best FLOP/s of a few fp32 ``size``-square matmuls on this process's threads: what MFU is measured against."""
+def add_device_argument(parser) -> None:
+    parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
+                        help="where to measure: cpu, cuda (refused without a GPU), or auto (a GPU when there is one)")
+
+
+def resolve_device(device: str) -> str:
+    """``auto``: cuda when torch sees a GPU, else cpu; ``cuda`` without one is refused with the reason."""
     import torch
 
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device cuda: torch {torch.__version__} sees no GPU here"
+                         + ("" if torch.version.cuda else " (a CPU-only build of torch)"))
+    return device
+
+
+def synchronize(device: str) -> None:
+    """Wait for the device's queued work, so a wall-clock time covers it (a no-op on the CPU)."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def matmul_ceiling(size: int = 2048, reps: int = 5, device: str = "cpu", dtype: str = "float32") -> float:
+    """The best FLOP/s of a few ``size``-square matmuls (fp32 unless ``dtype``) on this process's
+    threads or the GPU: what MFU is measured against."""
+    import torch
+
+    if device == "cuda":
+        size, reps = max(size, 8192), max(reps, 20)  # a GPU needs a bigger problem to reach its peak
+    a, b = (torch.randn(size, size, device=device, dtype=getattr(torch, dtype)) for _ in range(2))
     a @ b
+    synchronize(device)
     best = 0.0
     for _ in range(reps):
         t = time.perf_counter()
         a @ b
+        synchronize(device)
         best = max(best, 2 * size ** 3 / (time.perf_counter() - t))
     return best
+
+
+def device_facts(device: str) -> dict:
+    """The GPU a sitting ran on (name, compute capability, memory, bf16), or just the CPU's kind."""
+    import torch
+
+    if device != "cuda":
+        return {"device": device}
+    props = torch.cuda.get_device_properties(0)
+    return {"device": device, "gpu": props.name, "capability": f"{props.major}.{props.minor}", "memory_gb": props.total_memory / 2**30,
+            "bf16": torch.cuda.is_bf16_supported(), "torch_cuda": torch.version.cuda,
+            "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30}
 
 
 PEER_ENV = "JUKEBOX_PEER_HARNESS"  # a script that runs the original 2020 code unmodified: <script> <git dir> --only <config>
@@ -200,3 +246,69 @@ def apply_sets(data: dict, items: list[str]) -> dict:
             node = node.setdefault(p, {})
         node[leaf] = yaml.safe_load(value)
     return data
+
+
+# the ops that do a step's arithmetic (matmuls, convolutions, fused attention), forward and backward
+ARITHMETIC_OPS = {"mm", "addmm", "bmm", "baddbmm", "convolution", "convolution_backward",
+                  "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention_for_cpu_backward"}
+
+
+def arithmetic_floor(step, reps: int = 5) -> dict:
+    """The time of a step's arithmetic alone: every matmul, convolution and fused attention call
+    of one ``step()`` (forward and backward) is recorded with its shapes, strides and arguments,
+    then replayed back to back on fresh tensors, ``reps`` times (the best). No step that does the
+    same arithmetic with these kernels on this profile and threads can be faster: the rest of a
+    step (norms, activations, the loss, the optimizer, copies) only adds to it."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_map
+
+    calls: list = []
+
+    class Spec(tuple):  # a tensor argument: (shape, stride, dtype, device)
+        pass
+
+    def spec(x):
+        return Spec((tuple(x.shape), tuple(x.stride()), x.dtype, x.device)) if isinstance(x, torch.Tensor) else x
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func.overloadpacket.__name__ in ARITHMETIC_OPS:
+                calls.append((func, tree_map(spec, args), tree_map(spec, kwargs)))
+            return func(*args, **kwargs)
+
+    with Record():
+        step()
+
+    def make(x):
+        if not isinstance(x, Spec):
+            return x
+        shape, stride, dtype, device = x
+        size = 1 + sum((n - 1) * st for n, st in zip(shape, stride)) if all(shape) else 0
+        flat = torch.empty(size, dtype=dtype, device=device)
+        flat.normal_() if dtype.is_floating_point else flat.zero_()
+        return flat.as_strided(shape, stride)  # the same layout, broadcast (stride 0) dimensions included
+
+    leaf = lambda v: isinstance(v, Spec)  # noqa: E731
+    replay = [(func, tree_map(make, args, is_leaf=leaf), tree_map(make, kwargs, is_leaf=leaf)) for func, args, kwargs in calls]
+    device = next((a.device.type for _, args, _ in replay for a in args if isinstance(a, torch.Tensor)), "cpu")
+    by_op: dict[str, int] = {}
+    for func, _, _ in calls:
+        by_op[func.overloadpacket.__name__] = by_op.get(func.overloadpacket.__name__, 0) + 1
+    best = float("inf")
+    each = [float("inf")] * len(replay)
+    with torch.no_grad():
+        for _ in range(reps + 1):
+            t = time.perf_counter()
+            for i, (func, args, kwargs) in enumerate(replay):
+                start = time.perf_counter()
+                func(*args, **kwargs)
+                synchronize(device)
+                each[i] = min(each[i], time.perf_counter() - start)
+            best = min(best, time.perf_counter() - t)
+    shapes = lambda args: [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)][:3]  # noqa: E731
+    slowest = sorted(range(len(replay)), key=lambda i: -each[i])[:10]
+    return {"floor_s": best, "calls": len(calls), "calls_by_op": by_op,
+            "slowest": [{"op": replay[i][0].overloadpacket.__name__, "shapes": shapes(replay[i][1]), "ms": 1000 * each[i]}
+                        for i in slowest]}

@@ -93,19 +93,25 @@ class EMACodebook(nn.Module):
         return {"codes_restarted": (1 - live).sum(), "codes_in_batch": (batch_count > 0).sum().float(),
                 "perplexity": torch.exp(-(p * torch.log(p + 1e-10)).sum())}
 
+    @torch.compiler.disable  # a branch on a buffer's value: outside a compiled graph, not a break (and a warning) in it
+    @torch.no_grad()
+    def _initialise(self, z: torch.Tensor) -> None:
+        """The codes from random encoder outputs of the first training batch (once: the flag is saved with the codebook)."""
+        if bool(self.initialised):
+            return
+        rows = self._random_rows(z.transpose(1, 2).reshape(-1, self.width).float(), self.size)
+        self.codes.copy_(rows)
+        self.ema_sum.copy_(rows)
+        self.ema_count.fill_(1.0)
+        self.initialised.fill_(True)
+
     def forward(self, z: torch.Tensor):
         """Quantise (batch, width, frames); in training also update the codebook.
 
         Returns codes, the straight-through quantised tensor, the commitment loss and stats.
         """
-        if self.training and not bool(self.initialised):
-            with torch.no_grad():
-                flat0 = z.transpose(1, 2).reshape(-1, self.width).float()
-                rows = self._random_rows(flat0, self.size)
-                self.codes.copy_(rows)
-                self.ema_sum.copy_(rows)
-                self.ema_count.fill_(1.0)
-                self.initialised.fill_(True)
+        if self.training:
+            self._initialise(z)
         codes, flat = self.quantise(z)
         stats = {}
         if self.training:

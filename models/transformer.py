@@ -85,10 +85,10 @@ def factorized_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kind
     nb = t // block_len
     qb, kb, vb = (x.reshape(b * h, nb, block_len, d) for x in (q, k, v))
     if kind == "row":
-        out = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True)
+        out = _causal_attention(qb, kb, vb)
     elif kind == "col":
         qc, kc, vc = (x.transpose(1, 2) for x in (qb, kb, vb))  # (b h, block_len, nb, d): causal over blocks
-        out = F.scaled_dot_product_attention(qc, kc, vc, is_causal=True).transpose(1, 2)
+        out = _causal_attention(qc, kc, vc).transpose(1, 2)
     elif kind == "prev":
         shift = lambda x: torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)  # noqa: E731
         keys, values = torch.cat([shift(kb), kb], dim=2), torch.cat([shift(vb), vb], dim=2)
@@ -96,6 +96,19 @@ def factorized_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kind
     else:
         raise ValueError(f"unknown attention pattern {kind!r}")
     return out.reshape(b, h, t, d)
+
+
+def _causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention over the last-but-one dimension of short sequences (a block, or a column of
+    blocks). On a CPU in bf16 or fp16 it is written out as two batched matmuls: PyTorch's fused CPU
+    kernel is 2.5x slower there for 64-token blocks (forward and backward, 10 ms against 4 per
+    layer of the reference prior, measured), while in fp32 it is the faster of the two."""
+    if q.device.type != "cpu" or q.dtype == torch.float32:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    n = q.shape[-2]
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+    scores = scores.masked_fill(~torch.ones(n, n, dtype=torch.bool, device=q.device).tril(), float("-inf"))
+    return torch.softmax(scores.float(), dim=-1).to(v.dtype) @ v
 
 
 def pattern_mask(kind: str, t: int, block_len: int) -> torch.Tensor:

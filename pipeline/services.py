@@ -115,15 +115,42 @@ def compile_cache_dir() -> Path:
     return root / "compile"
 
 
+# what decides the machine code inductor generates on a CPU: the instruction sets the CPU has, and
+# the switches that cap the ones the libraries use
+ISA_SWITCHES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def instruction_set_key() -> str:
+    """A short key of this CPU's instruction sets (its /proc/cpuinfo flags) and the switches that
+    cap them. Inductor's cache does not key its graphs by them: a graph compiled under one set and
+    loaded under another crashed the process (heap corruption, measured with torch 2.13), and a
+    home folder shared by a cluster's nodes can hold graphs from CPUs of several kinds."""
+    import hashlib
+    import platform
+
+    flags = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags += " ".join(sorted(line.split(":", 1)[1].split()))
+                break
+    except OSError:
+        pass
+    switches = ";".join(f"{k}={os.environ.get(k, '')}" for k in ISA_SWITCHES)
+    return hashlib.sha256(f"{flags}|{switches}".encode()).hexdigest()[:12]
+
+
 def use_private_compile_cache() -> Path:
     """torch.compile's generated code and pickled graphs in this user's own 0700 folder, not the
     predictable /tmp/torchinductor_<user>, which torch uses even when another user made it first
-    (its owner could then swap the code the next compiled step runs). Set in this process's
-    environment, so Ray workers started from it inherit it; a worker on another node calls it too."""
+    (its owner could then swap the code the next compiled step runs), one folder per instruction-set
+    key (``instruction_set_key``). Set in this process's environment, so Ray workers started from it
+    inherit it; a worker on another node calls it too and gets its own CPU's folder."""
     root = private_dir(compile_cache_dir())
+    isa = private_dir(root / instruction_set_key())
     for var, sub in zip(COMPILE_CACHE_ENV, ("inductor", "triton"), strict=True):
         given = os.environ.get(var)
-        os.environ[var] = str(private_dir(Path(given).expanduser() if given else root / sub))
+        os.environ[var] = str(private_dir(Path(given).expanduser() if given else isa / sub))
     return root
 
 

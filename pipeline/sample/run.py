@@ -184,6 +184,17 @@ def _sample_levels(cfg: SampleConfig, sampler: Sampler, cond: Conditioning, toke
     return codes, facts
 
 
+def worker_gpus(device: str, workers: int) -> float:
+    """The GPU share of each upsampling actor: a whole GPU each where the cluster has enough, else
+    an equal share (more workers than GPUs would otherwise wait for one forever)."""
+    import ray
+
+    if device != "cuda":
+        return 0
+    gpus = ray.cluster_resources().get("GPU", 0)
+    return min(1.0, gpus / workers) if gpus else 0
+
+
 @contextlib.contextmanager
 def _ray_workers(cfg: SampleConfig, sampler: Sampler, tracking: str):
     """The upsampling actors (none without --workers); an embedded Ray started here stops with them."""
@@ -196,7 +207,7 @@ def _ray_workers(cfg: SampleConfig, sampler: Sampler, tracking: str):
 
     started_here = not ray.is_initialized()
     target = init_ray(cfg.ray_address or None, max(os.cpu_count() or 1, cfg.workers * cfg.threads), progress=False)
-    actor = ray.remote(SegmentWorker).options(num_cpus=cfg.threads, num_gpus=1 if sampler.device == "cuda" else 0)
+    actor = ray.remote(SegmentWorker).options(num_cpus=cfg.threads, num_gpus=worker_gpus(sampler.device, cfg.workers))
     uris = {level: reg.uri for level, reg in sampler.models.priors.items()}
     workers = [actor.remote(uris, tracking, sampler.device, cfg.threads) for _ in range(cfg.workers)]
     try:

@@ -111,6 +111,11 @@ def build_engine(spec: TrainSpec, world: int, device: str):
         model = spec.task.build_model()  # ZeRO-3: each module's parameters are partitioned as it is built
     if cfg.compile:
         model.compile()  # in place: the state dict keeps its names, so checkpoints and the registry do not change
+        if hasattr(model, "loss_from"):
+            # the loss a graph of its own: a prior's cross-entropy over its codebook fuses into a few loops
+            # instead of a log-softmax, a zero-filled gradient and a copy of the logits each (the reference
+            # prior's step: 230 -> 198 ms in bf16 autocast, 333 -> 320 ms in fp32, measured)
+            model.loss_from = torch.compile(model.loss_from)
     optimizer = build_optimizer(model, spec.optim, cfg.offload, device)
     with contextlib.redirect_stdout(io.StringIO()):
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)

@@ -147,3 +147,32 @@ def test_codes_are_chosen_in_fp32_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x)
     assert out["commit_loss"].dtype == torch.float32 and out["recon"].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("c_in,mid,c_out,frames", [(32, 64, 1, 50), (16, 16, 2, 7), (8, 4, 1, 1)])
+def test_the_last_upsampling_and_output_layer_as_one_map_are_the_two_layers(c_in, mid, c_out, frames):
+    """Values and every gradient (input, both layers' weights and biases) of the composed map equal
+    those of the two layers run one after the other, edges included."""
+    from torch import nn
+
+    from models.vqvae import upsample_and_project
+
+    torch.manual_seed(0)
+    up = nn.ConvTranspose1d(c_in, mid, 4, stride=2, padding=1).double()
+    out = nn.Conv1d(mid, c_out, 3, padding=1).double()
+    x = torch.randn(3, c_in, frames, dtype=torch.float64, requires_grad=True)
+    ref, got = out(up(x)), upsample_and_project(x, up, out)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(ref)
+    params = [x, up.weight, up.bias, out.weight, out.bias]
+    for a, b in zip(torch.autograd.grad(got, params, g), torch.autograd.grad(ref, params, g)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    other = nn.Conv1d(mid, c_out, 5, padding=2).double()  # another output layer: run as two layers
+    torch.testing.assert_close(upsample_and_project(x, up, other), other(up(x)))
+
+
+def test_the_decoder_decodes_as_its_layers_do():
+    torch.manual_seed(0)
+    model = VQVAE(TINY["middle"]).eval()
+    z = torch.randn(2, TINY["middle"].emb_width, 12)
+    torch.testing.assert_close(model._decode(z), model.decoder(z), rtol=1e-5, atol=1e-6)

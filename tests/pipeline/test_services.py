@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from pipeline.services import COMPILE_CACHE_ENV, private_dir, use_private_compile_cache
+from pipeline.services import COMPILE_CACHE_ENV, instruction_set_key, private_dir, use_private_compile_cache
 
 
 def test_the_compile_cache_is_an_owner_only_folder_of_the_project(tmp_path, monkeypatch):
@@ -17,9 +17,10 @@ def test_the_compile_cache_is_an_owner_only_folder_of_the_project(tmp_path, monk
     for var in COMPILE_CACHE_ENV:
         monkeypatch.delenv(var, raising=False)
     root = use_private_compile_cache()
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(root / "inductor")
-    assert os.environ["TRITON_CACHE_DIR"] == str(root / "triton")
-    for folder in (root, root / "inductor", root / "triton"):
+    isa = root / instruction_set_key()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(isa / "inductor")
+    assert os.environ["TRITON_CACHE_DIR"] == str(isa / "triton")
+    for folder in (root, isa, isa / "inductor", isa / "triton"):
         assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
 
 
@@ -30,7 +31,23 @@ def test_torch_inductor_writes_into_it_and_not_into_tmp(tmp_path):
     env = {**os.environ, "JUKEBOX_CACHE_DIR": str(tmp_path / "cache")}
     env.pop("TORCHINDUCTOR_CACHE_DIR", None)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout.strip()
-    assert out == str(tmp_path / "cache" / "compile" / "inductor")
+    assert out == str(tmp_path / "cache" / "compile" / instruction_set_key() / "inductor")
+
+
+def test_each_instruction_set_profile_compiles_into_a_folder_of_its_own(tmp_path, monkeypatch):
+    """A graph compiled for AVX2 and loaded where AVX-512 is on (or the reverse, on a cluster whose
+    nodes share a home folder) crashed the process: the folder is keyed by what decides the code."""
+    for var in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS"):
+        monkeypatch.delenv(var, raising=False)
+    native = instruction_set_key()
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    avx2 = instruction_set_key()
+    assert native != avx2 and avx2 == instruction_set_key() and len(avx2) == 12
+    monkeypatch.setenv("JUKEBOX_CACHE_DIR", str(tmp_path / "cache"))
+    for var in COMPILE_CACHE_ENV:
+        monkeypatch.delenv(var, raising=False)
+    use_private_compile_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache" / "compile" / avx2 / "inductor")
 
 
 def test_a_folder_others_can_write_is_closed_and_a_link_or_a_stranger_s_folder_refused(tmp_path):
@@ -62,4 +79,4 @@ def test_a_second_process_of_the_same_shapes_loads_its_compiled_graph_from_the_c
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout.split()
             for _ in range(2)]
     assert runs[0] == ["0", "1"] and runs[1] == ["1", "0"]  # compiled once, then loaded
-    assert any((tmp_path / "cache" / "compile" / "inductor").rglob("*"))
+    assert any((tmp_path / "cache" / "compile" / instruction_set_key() / "inductor").rglob("*"))

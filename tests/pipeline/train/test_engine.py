@@ -38,3 +38,51 @@ def test_a_tied_weight_is_one_parameter_without_decay():
     assert sum(len(g["params"]) for g in groups) == 2 + 1  # the tied weight once, the middle layer's weight and bias
     assert groups[0]["params"] == [model[1].weight] and any(p is embed.weight for p in groups[1]["params"])
     torch.optim.AdamW(groups)  # no "parameters appear in more than one group"
+
+
+def test_with_compile_the_forward_and_the_prior_s_loss_are_compiled_and_give_the_eager_loss(tmp_path):
+    """--runtime.compile: the model's forward and a prior's loss each become a compiled graph; the
+    loss through the DeepSpeed engine equals the eager model's (a process of its own: it starts a
+    one-rank process group)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from pipeline.services import free_port
+
+    code = """
+import dataclasses, json, types, torch
+from models.prior import Prior
+from models.prior_configs import TINY
+from pipeline.config import from_dict
+from pipeline.train.config import OptimConfig, RuntimeConfig
+from pipeline.train.engine import build_engine
+from pipeline.train.prior_task import _loss
+cfg = dataclasses.replace(TINY["middle"], transformer=dataclasses.replace(TINY["middle"].transformer, width=32, depth=3, n_ctx=64,
+                                                                           block_len=8))
+torch.manual_seed(0)
+eager = Prior(cfg)
+state = {k: v.clone() for k, v in eager.state_dict().items()}
+task = types.SimpleNamespace(build_model=lambda: Prior(cfg).requires_grad_(True))
+spec = types.SimpleNamespace(task=task, runtime=from_dict(RuntimeConfig, {"compile": True}), optim=OptimConfig())
+engine, _ = build_engine(spec, 1, "cpu")
+engine.module.load_state_dict(state)
+g = torch.Generator().manual_seed(1)
+batch = {"codes": torch.randint(0, cfg.bins, (2, 64), generator=g), "artist": torch.zeros(2, dtype=torch.long),
+         "genres": torch.zeros(2, 1, dtype=torch.long), "total_length": torch.full((2,), 441000), "offset": torch.zeros(2, dtype=torch.long),
+         "upper_codes": torch.randint(0, 256, (2, 16), generator=g)}
+compiled_loss = _loss(engine, batch)[0]
+engine.backward(compiled_loss)
+eager_loss = eager.loss(batch)[0]
+print(json.dumps({"forward": engine.module._compiled_call_impl is not None,
+                  "loss_from": hasattr(engine.module.loss_from, "_torchdynamo_orig_callable"),
+                  "compiled": compiled_loss.item(), "eager": eager_loss.item()}))
+"""
+    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port()), "DS_ACCELERATOR": "cpu", "JUKEBOX_CACHE_DIR": str(tmp_path / "cache")}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["forward"] and out["loss_from"], out
+    assert abs(out["compiled"] - out["eager"]) < 1e-4 * abs(out["eager"])

@@ -62,7 +62,8 @@ class EMACodebook(nn.Module):
         best = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
         with torch.autocast(z.device.type, enabled=False):
             for i in range(0, flat.shape[0], DISTANCE_BLOCK):
-                best[i:i + DISTANCE_BLOCK] = torch.addmm(norms, flat[i:i + DISTANCE_BLOCK], codes.t(), alpha=-2).argmin(1)
+                # .min(1).indices, not .argmin(1): the same first-minimum index, from a kernel twice as fast on a CPU
+                best[i:i + DISTANCE_BLOCK] = torch.addmm(norms, flat[i:i + DISTANCE_BLOCK], codes.t(), alpha=-2).min(1).indices
         return best.view(z.shape[0], z.shape[2]), flat
 
     def embed(self, codes: torch.Tensor) -> torch.Tensor:

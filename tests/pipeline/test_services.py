@@ -24,9 +24,11 @@ def test_the_compile_cache_is_an_owner_only_folder_of_the_project(tmp_path, monk
         assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
 
 
-def test_torch_inductor_writes_into_it_and_not_into_tmp(tmp_path):
-    """In a fresh process, as a job starts: inductor's own cache_dir() is the project's folder."""
-    code = ("import os; from pipeline.services import use_private_compile_cache; use_private_compile_cache(); "
+@pytest.mark.parametrize("first", ["", "import torch._inductor.config; "])
+def test_torch_inductor_writes_into_it_and_not_into_tmp(tmp_path, first):
+    """In a fresh process, as a job starts: inductor's own cache_dir() is the project's folder, also
+    when torch._inductor was imported first (it then puts /tmp's folder into the environment)."""
+    code = (f"import os; {first}from pipeline.services import use_private_compile_cache; use_private_compile_cache(); "
             "from torch._inductor.runtime.cache_dir_utils import cache_dir; print(cache_dir())")
     env = {**os.environ, "JUKEBOX_CACHE_DIR": str(tmp_path / "cache")}
     env.pop("TORCHINDUCTOR_CACHE_DIR", None)

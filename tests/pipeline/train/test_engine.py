@@ -70,7 +70,8 @@ engine, _ = build_engine(spec, 1, "cpu")
 engine.module.load_state_dict(state)
 g = torch.Generator().manual_seed(1)
 batch = {"codes": torch.randint(0, cfg.bins, (2, 64), generator=g), "artist": torch.zeros(2, dtype=torch.long),
-         "genres": torch.zeros(2, 1, dtype=torch.long), "total_length": torch.full((2,), 441000), "offset": torch.zeros(2, dtype=torch.long),
+         "genres": torch.zeros(2, 1, dtype=torch.long), "total_length": torch.full((2,), 441000),
+         "offset": torch.zeros(2, dtype=torch.long),
          "upper_codes": torch.randint(0, 256, (2, 16), generator=g)}
 compiled_loss = _loss(engine, batch)[0]
 engine.backward(compiled_loss)

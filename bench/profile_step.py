@@ -7,7 +7,7 @@ and eager unless ``--bf16`` / ``--compiled`` (the per-op names are PyTorch's; a 
 its fused kernels as one entry per graph), 2 threads:
 
 1. phases: forward, backward, optimizer, each timed alone over ``--steps`` steps (medians), and the
-   original's same phases from ../shared/peer/run.sh in the same sitting;
+   original's same phases from its timing harness (``$JUKEBOX_PEER_HARNESS``) in the same sitting;
 2. ops: torch.profiler's self CPU time per op over ``--steps`` steps, the top ``--top``.
 """
 

@@ -37,7 +37,7 @@ class RuntimeConfig:
     use_gpu: bool = field(False, "one GPU per worker")
     zero_stage: int = field(2, "DeepSpeed ZeRO stage 0-3 (infra/deepspeed/zero<N>.json); 3 builds the model partitioned", le=3)
     offload: bool = field(False, "ZeRO-Offload: optimizer state and step on the CPU (DeepSpeed's CPU Adam; stage >= 1)")
-    compile: bool = field(False, "torch.compile the model's forward (ZeRO 0-2): fewer, fused kernels after a one-off compile")
+    compile: bool = field(False, "torch.compile the forward and a prior's loss (ZeRO 0-2): fused kernels after a one-off compile")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field("auto", "auto: bf16 on GPUs that have it, else fp16 on GPU, fp32 on CPU")
     autocast: Literal["off", "bf16"] = field("off", "bf16: the forward under torch.autocast with fp32 weights and optimizer "
                                                     "(convolutions and matmuls in bf16); needs precision fp32 and bf16 hardware "

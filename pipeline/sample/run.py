@@ -184,15 +184,12 @@ def _sample_levels(cfg: SampleConfig, sampler: Sampler, cond: Conditioning, toke
     return codes, facts
 
 
-def worker_gpus(device: str, workers: int) -> float:
+def worker_gpus(device: str, workers: int, cluster_gpus: float) -> float:
     """The GPU share of each upsampling actor: a whole GPU each where the cluster has enough, else
     an equal share (more workers than GPUs would otherwise wait for one forever)."""
-    import ray
-
-    if device != "cuda":
+    if device != "cuda" or not cluster_gpus:
         return 0
-    gpus = ray.cluster_resources().get("GPU", 0)
-    return min(1.0, gpus / workers) if gpus else 0
+    return min(1.0, cluster_gpus / workers)
 
 
 @contextlib.contextmanager
@@ -207,7 +204,8 @@ def _ray_workers(cfg: SampleConfig, sampler: Sampler, tracking: str):
 
     started_here = not ray.is_initialized()
     target = init_ray(cfg.ray_address or None, max(os.cpu_count() or 1, cfg.workers * cfg.threads), progress=False)
-    actor = ray.remote(SegmentWorker).options(num_cpus=cfg.threads, num_gpus=worker_gpus(sampler.device, cfg.workers))
+    gpus = worker_gpus(sampler.device, cfg.workers, ray.cluster_resources().get("GPU", 0))
+    actor = ray.remote(SegmentWorker).options(num_cpus=cfg.threads, num_gpus=gpus)
     uris = {level: reg.uri for level, reg in sampler.models.priors.items()}
     workers = [actor.remote(uris, tracking, sampler.device, cfg.threads) for _ in range(cfg.workers)]
     try:

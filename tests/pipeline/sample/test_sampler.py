@@ -47,3 +47,11 @@ def test_names_become_ids_and_an_unknown_name_is_refused(sampler):
     assert cond.genres[2:] == [-1] * (len(cond.genres) - 2)
     with pytest.raises(ConfigError, match="closest known: ada lovelace"):
         sampler.conditioning(2.0, "Ada Lovelase")
+
+
+def test_upsampling_actors_share_the_gpus_there_are():
+    from pipeline.sample.run import worker_gpus
+
+    assert worker_gpus("cuda", 2, 4.0) == 1.0  # enough: a whole GPU each
+    assert worker_gpus("cuda", 4, 1.0) == 0.25  # one GPU, four actors: a quarter each (a whole one each would wait forever)
+    assert worker_gpus("cuda", 3, 0) == 0 and worker_gpus("cpu", 2, 8.0) == 0

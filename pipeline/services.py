@@ -150,23 +150,13 @@ def use_private_compile_cache() -> Path:
     isa = private_dir(root / instruction_set_key())
     for var, sub in zip(COMPILE_CACHE_ENV, ("inductor", "triton"), strict=True):
         given = os.environ.get(var)
-        if given and var == "TORCHINDUCTOR_CACHE_DIR" and os.path.abspath(given) == _torch_default_inductor_dir():
-            given = None  # not the user's choice: importing torch._inductor (torch.compiler.disable does) sets it to /tmp's
+        if given and var == "TORCHINDUCTOR_CACHE_DIR":
+            from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+            if os.path.abspath(given) == os.path.abspath(default_cache_dir()):
+                given = None  # not the user's choice: importing torch._inductor (torch.compiler.disable does) sets it to /tmp's
         os.environ[var] = str(private_dir(Path(given).expanduser() if given else isa / sub))
     return root
-
-
-def _torch_default_inductor_dir() -> str:
-    """Where inductor caches by default (what it writes into TORCHINDUCTOR_CACHE_DIR when first imported)."""
-    import getpass
-    import re
-    import tempfile
-
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = f"uid_{os.getuid()}"
-    return os.path.abspath(os.path.join(tempfile.gettempdir(), "torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user)))
 
 
 def free_port() -> int:

@@ -182,9 +182,8 @@ def upsample_and_project(x: torch.Tensor, up: nn.ConvTranspose1d, out: nn.Conv1d
     edge_bias = torch.einsum("omj,m->oj", w_out, bias_up)  # (channels, 3)
     first = torch.einsum("bi,io->bo", x[:, :, 0], v[:, :, 0, 0]) + edge_bias[:, 0]
     last = torch.einsum("bi,io->bo", x[:, :, -1], v[:, :, 2, 3]) + edge_bias[:, 2]
-    edges = torch.stack([first, last], dim=-1).to(y.dtype)  # under autocast: the matmul's precision, as the layers give
-    inner = y.new_zeros(batch, channels, 2 * frames - 2)
-    y = y - torch.cat([edges[..., :1], inner, edges[..., 1:]], dim=-1)
+    first, last = (e.to(y.dtype)[..., None] for e in (first, last))  # under autocast: the matmul's precision, as the layers give
+    y = torch.cat([y[..., :1] - first, y[..., 1:-1], y[..., -1:] - last], dim=-1)
     bias = edge_bias.sum(1) + (out.bias if out.bias is not None else 0)
     return y + bias.to(y.dtype)[None, :, None]
 

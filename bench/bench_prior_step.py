@@ -74,20 +74,8 @@ def training_step(cfg: PriorConfig, compiled: bool, bf16: bool = False, device: 
     return step, model
 
 
-def timed_steps(step, data: list[dict], device: str = "cpu") -> tuple[list[float], list[float]]:
-    """Wall and CPU seconds of each step."""
-    times, cpu = [], []
-    for d in data:
-        common.synchronize(device)
-        t, c = time.perf_counter(), time.process_time()
-        step(d)
-        common.synchronize(device)
-        times.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
-    return times, cpu
-
-
-def time_training(cfg: PriorConfig, steps: int, batch: int, compiled: bool, bf16: bool = False, device: str = "cpu") -> dict:
+def time_training(cfg: PriorConfig, steps: int, batch: int, compiled: bool, bf16: bool = False, device: str = "cpu") -> tuple[dict, object]:
+    """(figures, the step): the step itself, for the pairs (a second torch.compile of the model would recompile)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     step, model = training_step(cfg, compiled, bf16, device)
@@ -97,14 +85,14 @@ def time_training(cfg: PriorConfig, steps: int, batch: int, compiled: bool, bf16
         step(d)
     common.synchronize(device)
     warm = time.perf_counter() - warm
-    times, cpu = timed_steps(step, data[2:], device)
+    times, cpu = common.timed_calls(step, data[2:], device)
     with FlopCounterMode(display=False) as counter:
         loss, _ = Prior(cfg).to(device).loss(data[0])  # eager: the counter sees aten ops
         loss.backward()
-    return {"_step": step, "compiled": compiled, "bf16_autocast": bf16, "first_two_steps_s": warm,
+    return {"compiled": compiled, "bf16_autocast": bf16, "first_two_steps_s": warm,
             "step_s": statistics.median(times), "step_s_min": min(times),
             "steps_s": times, "cpu_s": statistics.median(cpu),
-            "flops_per_step": counter.get_total_flops(), "params": sum(p.numel() for p in model.parameters())}
+            "flops_per_step": counter.get_total_flops(), "params": sum(p.numel() for p in model.parameters())}, step
 
 
 def main() -> None:
@@ -124,8 +112,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = config()
     ceiling = matmul_ceiling(device=device)
-    eager = time_training(cfg, args.steps, args.batch, compiled=False, device=device)
-    train = time_training(cfg, args.steps, args.batch, compiled=True, device=device) if args.compile else eager
+    eager, eager_step = time_training(cfg, args.steps, args.batch, compiled=False, device=device)
+    train, train_step = time_training(cfg, args.steps, args.batch, compiled=True, device=device) if args.compile else (eager, eager_step)
+    steps = [(eager, eager_step), (train, train_step)]
     floor_step, _ = training_step(cfg, False, False, device)
     floor_data = batch_of(cfg, args.batch, 0, device)
     floor = common.arithmetic_floor(lambda: floor_step(floor_data))
@@ -137,16 +126,19 @@ def main() -> None:
               "train_eager": eager, "mfu_eager": mfu_eager, "train": train, "mfu": mfu}
     rows = [[f"the step's matmuls and attention alone ({floor['calls']} calls, fp32)", f"{floor['floor_s']:.3f} s",
              f"{eager['flops_per_step'] / 1e9:.1f}", f"{eager['flops_per_step'] / floor['floor_s'] / ceiling:.1%}"],
-            ["ours, eager: train step", f"{eager['step_s']:.3f} s", f"{eager['flops_per_step'] / 1e9:.1f}", f"{mfu_eager:.1%}"],
-            [f"ours, compiled: train step (compile {train['first_two_steps_s']:.0f} s once)", f"{train['step_s']:.3f} s",
-             f"{train['flops_per_step'] / 1e9:.1f}", f"{mfu:.1%}"]]
+            ["ours, eager: train step", f"{eager['step_s']:.3f} s", f"{eager['flops_per_step'] / 1e9:.1f}", f"{mfu_eager:.1%}"]]
+    if args.compile:
+        rows.append([f"ours, compiled: train step (compile {train['first_two_steps_s']:.0f} s once)", f"{train['step_s']:.3f} s",
+                     f"{train['flops_per_step'] / 1e9:.1f}", f"{mfu:.1%}"])
     if args.bf16:
         from pipeline.train.engine import bf16_supported
 
         if not bf16_supported(device):
             print(f"--bf16: skipped, this {device} (or ISA profile) has no bf16 compute")
         else:
-            result["train_bf16"] = bf16 = time_training(cfg, args.steps, args.batch, compiled=True, bf16=True, device=device)
+            bf16, bf16_step = time_training(cfg, args.steps, args.batch, compiled=True, bf16=True, device=device)
+            result["train_bf16"] = bf16
+            steps.append((bf16, bf16_step))
             rows.append(["ours, compiled + bf16 autocast (not fp32)", f"{bf16['step_s']:.3f} s", f"{bf16['flops_per_step'] / 1e9:.1f}", ""])
     if args.peer:
         original = peer(args.peer, "b_")
@@ -164,22 +156,17 @@ def main() -> None:
                   f"{result['ratios']['train_step_speedup']:.2f}x / {result['ratios']['train_step_speedup_eager']:.2f}x", "", ""]]
     if args.peer and args.pairs:
         # the fastest of our variants at the best precision this CPU has, against the original, in turns
-        variants = [v for v in (eager, train, result.get("train_bf16")) if v]
-        best = min(variants, key=lambda v: v["step_s"])
-        step = best["_step"]  # the same step: a second torch.compile of the model would recompile
+        best, step = min(steps, key=lambda vs: vs[0]["step_s"])
         data = [batch_of(cfg, args.batch, i, device) for i in range(args.steps)]
 
         def theirs() -> float:
             report = peer(args.peer, "b_", "--no-flops", "--no-ceiling")
             return report["summary"]["b_prior_top_factorized_train"]["median_s"]
 
-        result["pairs"] = alternating_pairs(lambda: statistics.median(timed_steps(step, data, device)[0]), theirs, args.pairs)
+        result["pairs"] = alternating_pairs(lambda: statistics.median(common.timed_calls(step, data, device)[0]), theirs, args.pairs)
         result["pairs"]["variant"] = {"compiled": best["compiled"], "bf16_autocast": best["bf16_autocast"]}
         label = ("compiled" if best["compiled"] else "eager") + (" + bf16 autocast" if best["bf16_autocast"] else ", fp32")
     result["device"] = common.device_facts(device)
-    for v in (eager, train, result.get("train_bf16")):
-        if v:
-            v.pop("_step", None)
     print(f"prior n_ctx 2048, width 256, depth 8, 2 heads, blocks of 64, batch {args.batch}, fp32, {device}, {args.threads} threads; "
           f"matmul ceiling {ceiling / 1e9:.1f} GFLOP/s")
     print(format_table(["what", "time", "GFLOP per step", "MFU"], rows))

@@ -64,36 +64,26 @@ def inputs(prior: Prior, batch: int) -> tuple[dict[str, torch.Tensor], torch.Ten
     return cond, torch.zeros(batch, 0, dtype=torch.long, device=device)
 
 
+def window_seconds(sampler: TokenSampler, batch: int, tokens: int, seeds) -> list[float]:
+    """Seconds of one window of ``tokens`` from an empty context per seed (the device's queued work included)."""
+    cond, empty = inputs(sampler.prior, batch)
+    times = []
+    for seed in seeds:
+        t = time.perf_counter()
+        sampler.window(cond, empty, tokens, torch.Generator().manual_seed(seed))
+        synchronize(device_of(sampler.prior))
+        times.append(time.perf_counter() - t)
+    return times
+
+
 def time_tokens(prior: Prior, batch: int, threads: int, compiled: bool, tokens: int, repeats: int = 3) -> dict:
     """The median of ``repeats`` windows after a first one (which compiles): this VM's timings wander by ~20 %."""
     torch.set_num_threads(threads)
     sampler = TokenSampler(prior, SamplingSettings(temperature=1.0), compile=compiled)
-    cond, empty = inputs(prior, batch)
-    t = time.perf_counter()
-    sampler.window(cond, empty, tokens, torch.Generator().manual_seed(0))  # the compile, when compiled
-    synchronize(device_of(prior))
-    first = time.perf_counter() - t
-    times = []
-    for seed in range(1, repeats + 1):
-        t = time.perf_counter()
-        sampler.window(cond, empty, tokens, torch.Generator().manual_seed(seed))
-        synchronize(device_of(sampler.prior))
-        times.append(time.perf_counter() - t)
+    first, *times = window_seconds(sampler, batch, tokens, range(repeats + 1))  # the first compiles, when compiled
     seconds = statistics.median(times)
     return {"batch": batch, "threads": threads, "compiled": compiled, "tokens": tokens, "seconds": seconds, "all_seconds": times,
             "first_window_s": first, "ms_per_step": 1000 * seconds / tokens, "tokens_per_s": batch * tokens / seconds}
-
-
-def time_tokens_with(sampler: TokenSampler, batch: int, tokens: int, repeats: int = 3) -> float:
-    """Seconds per step of a sampler: the median of ``repeats`` windows of ``tokens`` from an empty context."""
-    cond, empty = inputs(sampler.prior, batch)
-    times = []
-    for seed in range(repeats):
-        t = time.perf_counter()
-        sampler.window(cond, empty, tokens, torch.Generator().manual_seed(seed))
-        synchronize(device_of(sampler.prior))
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) / tokens
 
 
 def time_level(prior: Prior, threads: int, windows: int = 4, repeats: int = 2, compiled: bool = True) -> dict:
@@ -114,15 +104,8 @@ def time_level(prior: Prior, threads: int, windows: int = 4, repeats: int = 2, c
 
     out: dict = {"tokens": total, "windows": windows, "n_ctx": n_ctx, "threads": threads, "compiled": compiled}
     sampler = TokenSampler(prior, SamplingSettings(temperature=1.0), compile=compiled)
-    empty = torch.zeros(1, 0, dtype=torch.long, device=device_of(prior))
-    sampler.window(cond, empty, n_ctx, torch.Generator().manual_seed(0))  # the compile
-    alone = []
-    for seed in range(repeats):
-        t = time.perf_counter()
-        sampler.window(cond, empty, n_ctx, torch.Generator().manual_seed(seed))
-        synchronize(device_of(prior))
-        alone.append((time.perf_counter() - t) / n_ctx)
-    out["new_tokens_alone_s"] = statistics.median(alone) * total
+    _, *alone = window_seconds(sampler, 1, n_ctx, range(repeats + 1))  # the first compiles
+    out["new_tokens_alone_s"] = statistics.median(alone) / n_ctx * total
     codes = {}
     for batched in (True, False):
         sampler.batched_prefill = batched
@@ -210,14 +193,12 @@ def main() -> None:
 
     if args.level_windows:
         level_table(result, prior, best1["threads"], args.level_windows, args.compile)
-
-
     if args.peer and args.pairs:
         sampler = TokenSampler(prior, SamplingSettings(temperature=1.0), compile=best1["compiled"])
 
         def ours() -> float:
             torch.set_num_threads(best1["threads"])
-            return time_tokens_with(sampler, 1, args.tokens)
+            return statistics.median(window_seconds(sampler, 1, args.tokens, range(3))) / args.tokens
 
         def theirs() -> float:
             report = peer(args.peer, "c_", "--no-flops", "--no-ceiling")

@@ -87,17 +87,6 @@ def training_step(cfg: VQVAEConfig, scales: LossScales, compiled: bool, bf16: bo
     return step
 
 
-def timed_steps(step, batches: list[torch.Tensor], device: str = "cpu") -> list[float]:
-    times = []
-    for x in batches:
-        synchronize(device)
-        t = time.perf_counter()
-        step(x)
-        synchronize(device)
-        times.append(time.perf_counter() - t)
-    return times
-
-
 VARIANTS = {  # name: (torch.compile, bf16 autocast) -- the job's --runtime.compile and --runtime.autocast
     "fp32": (False, False), "bf16 autocast": (False, True), "compiled fp32": (True, False), "compiled + bf16 autocast": (True, True)}
 
@@ -141,7 +130,7 @@ def main() -> None:
                 step(x)  # warm-up (codebook initialisation, allocator, compilation)
             synchronize(device)
             warmup = time.perf_counter() - t
-            times = timed_steps(step, batches[3:], device)
+            times = common.timed_calls(step, batches[3:], device)[0]
             built[name + (" + checkpointing" if checkpointing else "")] = step
             from torch.utils.flop_counter import FlopCounterMode
 
@@ -169,7 +158,7 @@ def main() -> None:
         def theirs() -> float:
             return peer(args.peer, "a_", "--no-flops", "--no-ceiling")["summary"]["a_vqvae_bottom_hop8_train"]["median_s"]
 
-        pairs = alternating_pairs(lambda: statistics.median(timed_steps(step, batches[3:], device)), theirs, args.pairs)
+        pairs = alternating_pairs(lambda: statistics.median(common.timed_calls(step, batches[3:], device)[0]), theirs, args.pairs)
         pairs["variant"] = name
         args.original = [p["original_s"] for p in pairs["pairs"]]
     original = statistics.median(args.original) if args.original else None

@@ -117,6 +117,19 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def timed_calls(fn, inputs: list, device: str = "cpu") -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds of ``fn(x)`` for each input, the device's queued work included."""
+    wall, cpu = [], []
+    for x in inputs:
+        synchronize(device)
+        t, c = time.perf_counter(), time.process_time()
+        fn(x)
+        synchronize(device)
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return wall, cpu
+
+
 def matmul_ceiling(size: int = 2048, reps: int = 5, device: str = "cpu", dtype: str = "float32") -> float:
     """The best FLOP/s of a few ``size``-square matmuls (fp32 unless ``dtype``) on this process's
     threads or the GPU: what MFU is measured against."""

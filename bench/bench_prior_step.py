@@ -46,13 +46,11 @@ def batch_of(cfg: PriorConfig, batch: int, seed: int, device: str = "cpu") -> di
     return {k: v.to(device) for k, v in data.items()}
 
 
-def training_step(cfg: PriorConfig, compiled: bool, bf16: bool = False, device: str = "cpu"):
-    """(one training step of a batch, the model), as the runtime trains: fused AdamW, and with
+def training_parts(cfg: PriorConfig, compiled: bool, bf16: bool = False, device: str = "cpu"):
+    """(model, optimizer, the loss of a batch), as the runtime trains: fused AdamW, and with
     ``compiled`` the forward and the loss through torch.compile (``--runtime.compile``; the
     optimizer stays eager); with ``bf16`` the forward under bf16 autocast (``--runtime.autocast
     bf16``: fp32 weights and optimizer, not the issue's fp32 step)."""
-    import contextlib
-
     torch.manual_seed(0)
     model = Prior(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.01, fused=True)
@@ -61,10 +59,20 @@ def training_step(cfg: PriorConfig, compiled: bool, bf16: bool = False, device: 
         model.compile()
         loss_from = torch.compile(model.loss_from)  # as the runtime does: the loss a graph of its own
 
-    def step(data):
-        with torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+    def loss_of(data):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             out = model(data)
-        loss, _ = loss_from(out, data)
+        return loss_from(out, data)[0]
+
+    return model, opt, loss_of
+
+
+def training_step(cfg: PriorConfig, compiled: bool, bf16: bool = False, device: str = "cpu"):
+    """(one training step of a batch, the model): ``training_parts`` with the gradient clipped at 1."""
+    model, opt, loss_of = training_parts(cfg, compiled, bf16, device)
+
+    def step(data):
+        loss = loss_of(data)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

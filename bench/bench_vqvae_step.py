@@ -68,20 +68,30 @@ def real_batches(n: int, batch: int, length: int, seed: int = 0) -> list[torch.T
     return out
 
 
-def training_step(cfg: VQVAEConfig, scales: LossScales, compiled: bool, bf16: bool, device: str = "cpu"):
-    """One training step of a batch, as the runtime trains (a fused Adam; ``--runtime.compile``, ``--runtime.autocast``)."""
+def training_parts(cfg: VQVAEConfig, scales: LossScales, compiled: bool, bf16: bool, device: str = "cpu"):
+    """(model, optimizer, the loss of a batch), as the runtime trains (a fused Adam; ``--runtime.compile``, ``--runtime.autocast``)."""
     torch.manual_seed(0)
     model = VQVAE(cfg).to(device)
     if compiled:
         model.compile()  # as the runtime does (in place)
     opt = torch.optim.Adam(model.parameters(), lr=3e-4, fused=True)
 
-    def step(x):
+    def loss_of(x):
         with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             out = model(x)
-        parts = vqvae_loss(out, x, cfg, scales)
+        return vqvae_loss(out, x, cfg, scales)["loss"]
+
+    return model, opt, loss_of
+
+
+def training_step(cfg: VQVAEConfig, scales: LossScales, compiled: bool, bf16: bool, device: str = "cpu"):
+    """One training step of a batch (``training_parts``)."""
+    _, opt, loss_of = training_parts(cfg, scales, compiled, bf16, device)
+
+    def step(x):
+        loss = loss_of(x)
         opt.zero_grad(set_to_none=True)
-        parts["loss"].backward()
+        loss.backward()
         opt.step()
 
     return step

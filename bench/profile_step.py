@@ -32,43 +32,23 @@ PEER = {"prior": ("b_", "b_prior_top_factorized_train"), "vqvae": ("a_", "a_vqva
 
 
 def prior_parts(steps: int, compiled: bool = False, bf16: bool = False):
-    from bench.bench_prior_step import batch_of, config
-    from models.prior import Prior
+    from bench.bench_prior_step import batch_of, config, training_parts
 
     cfg = config()
-    torch.manual_seed(0)
-    model = Prior(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.01, fused=True)
-    data = [batch_of(cfg, 2, i) for i in range(steps + 2)]
-    forward = torch.compile(model) if compiled else model
-
-    def loss_of(d):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = forward(d)
-        return model.loss_from(out, d)[0]
-
-    return model, opt, data, loss_of
+    model, opt, loss_of = training_parts(cfg, compiled, bf16)
+    return model, opt, [batch_of(cfg, 2, i) for i in range(steps + 2)], loss_of
 
 
 def vqvae_parts(steps: int, compiled: bool = False, bf16: bool = False):
-    from bench.bench_vqvae_step import real_batches
-    from models.losses import LossScales, mean_spectral_norm, vqvae_loss
-    from models.vqvae import VQVAE, VQVAEConfig
+    from bench.bench_vqvae_step import real_batches, training_parts
+    from models.losses import LossScales, mean_spectral_norm
+    from models.vqvae import VQVAEConfig
 
     cfg = VQVAEConfig(level=0, width=32, depth=4)
     data = real_batches(steps + 2, 2, 65_536)
     sample = torch.cat(data).squeeze(-1)
     scales = LossScales(float(sample.var()), mean_spectral_norm(sample, cfg.stft_settings))
-    torch.manual_seed(0)
-    model = VQVAE(cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-4, fused=True)
-    forward = torch.compile(model) if compiled else model
-
-    def loss_of(x):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = forward(x)
-        return vqvae_loss(out, x, cfg, scales)["loss"]
-
+    model, opt, loss_of = training_parts(cfg, scales, compiled, bf16)
     return model, opt, data, loss_of
 
 

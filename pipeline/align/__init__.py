@@ -10,7 +10,10 @@ active), the offline default TTS+DTW (``dtw.py``: espeak-ng speech of the lyrics
 the vocal stem) and a CTC aligner for users with wav2vec2/MMS-style weights (``ctc.py``).
 ``auto`` chains them: the strongest that can align a song does, and why the stronger ones
 could not (no weights, no voice for the language, lyrics the song cannot hold) is kept
-with the song.
+with the song. An alignment less sure than ``min_confidence`` (lyrics that belong to
+another song, a mix the aligner cannot read) is replaced by the linear spread: a window
+then gets the song's lyrics roughly where they are rather than precisely where they are not.
+The row keeps the measured confidence and says that it fell back.
 """
 
 from __future__ import annotations
@@ -100,26 +103,58 @@ class FallbackAligner(Aligner):
             except AlignerUnavailable as e:
                 notes.append(f"{aligner.name} skipped: {e}")
                 continue
-            out.language, out.notes = lang.code, "; ".join(notes)
+            out.language, out.notes = lang.code, "; ".join(notes + ([out.notes] if out.notes else []))
             return out
         raise AlignerUnavailable("; ".join(notes))  # unreachable while the chain ends with the linear aligner
+
+
+class LowConfidenceFallback(Aligner):
+    """The inner aligner's result when it is sure enough, else the linear spread, whose method
+    names the alignment it replaced and why; the measured confidence is kept."""
+
+    def __init__(self, inner: Aligner, min_confidence: float):
+        self.inner, self.min_confidence = inner, min_confidence
+        self.name, self.needs_vocals = inner.name, inner.needs_vocals
+
+    def align(self, item: AlignInput) -> Alignment:
+        out = self.inner.align(item)
+        if out.confidence >= self.min_confidence or out.method.startswith("linear") or not out.word_onsets.size:
+            return out
+        linear = LinearAligner().align(item)
+        linear.method = f"linear (fallback: {out.method} confidence {out.confidence:.2f} < {self.min_confidence:g})"
+        linear.confidence, linear.language, linear.notes = out.confidence, out.language, out.notes
+        return linear
+
+
+def low_confidence_fallback(method: str) -> bool:
+    """Whether a row's alignment method is a low-confidence fallback to the linear spread."""
+    return method.startswith("linear (fallback: ") and " confidence " in method
 
 
 ALIGNERS = ("auto", "ctc", "tts_dtw", "vocal_activity", "linear")
 
 
-def build_aligner(name: str, ctc_model: str = "", min_language_probability: float = 0.5, device: str = "cpu") -> Aligner:
-    """``auto`` = ctc (when ``ctc_model`` is given) -> tts_dtw -> vocal_activity -> linear."""
+def build_aligner(name: str, ctc_model: str = "", min_language_probability: float = 0.5, device: str = "cpu",
+                  min_confidence: float = 0.0, confidence_shuffles: int = 8) -> Aligner:
+    """``auto`` = ctc (when ``ctc_model`` is given) -> tts_dtw -> vocal_activity -> linear; with
+    ``min_confidence`` > 0, an alignment less sure than that becomes the linear spread.
+    ``confidence_shuffles``: the TTS+DTW aligner's word-shuffled comparisons (``dtw.py``)."""
+    aligner = _build(name, ctc_model, min_language_probability, device, confidence_shuffles)
+    return LowConfidenceFallback(aligner, min_confidence) if min_confidence > 0 and name != "linear" else aligner
+
+
+def _build(name: str, ctc_model: str, min_language_probability: float, device: str, shuffles: int) -> Aligner:
     if name not in ALIGNERS:
         raise ValueError(f"unknown aligner {name!r}; available: {', '.join(ALIGNERS)}")
     if name == "linear":
         return LinearAligner()
     if name == "vocal_activity":
         return VocalActivityAligner()
-    from pipeline.align.dtw import TTSDTWAligner
+    from pipeline.align.dtw import TTSDTWAligner, TTSDTWOptions
 
+    tts_dtw = TTSDTWAligner(TTSDTWOptions(null_shuffles=shuffles))
     if name == "tts_dtw":
-        return TTSDTWAligner()
+        return tts_dtw
     if name == "ctc":
         if not ctc_model:
             raise ValueError("the ctc aligner needs align.ctc_model: a local folder or a hub id of a CTC checkpoint")
@@ -131,5 +166,5 @@ def build_aligner(name: str, ctc_model: str = "", min_language_probability: floa
         from pipeline.align.ctc import CTCAligner
 
         chain.append(CTCAligner(ctc_model, device=device))
-    chain += [TTSDTWAligner(), VocalActivityAligner(), LinearAligner()]
+    chain += [tts_dtw, VocalActivityAligner(), LinearAligner()]
     return FallbackAligner(chain, min_language_probability)

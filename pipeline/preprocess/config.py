@@ -78,6 +78,11 @@ class AlignConfig:
     ctc_model: str = field("", "CTC checkpoint for the ctc aligner: a folder (save_pretrained) or a hub id")
     ctc_device: str = field("auto", "cpu | cuda | auto (cuda when there is one)")
     min_language_probability: float = field(0.5, "songs without a language: guess it from the lyrics when this sure, else unknown", le=1)
+    min_confidence: float = field(0.5, "an alignment less sure than this is replaced by the linear spread (the song's row says so); "
+                                       "0 keeps every alignment", le=1)
+    confidence_shuffles: int = field(8, "tts_dtw: word-shuffled copies of the lyrics its confidence compares with (each costs "
+                                        "one more alignment; 0: no extra cost and a confidence that does not tell "
+                                        "wrong lyrics apart: set align.min_confidence 0 with it)", le=64)
     vocal_share: float = field(0.25, "vocal-activity: share of the mix's voice-band energy in the vocal stem", le=1)
     vocal_floor_db: float = field(20.0, "vocal-activity: frames quieter than the loudest vocal frame by more are silent")
 

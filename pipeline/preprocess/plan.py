@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.align import low_confidence_fallback
 from pipeline.data import shards
 from pipeline.preprocess.ingest import fingerprint
 
@@ -121,7 +122,9 @@ class Outcomes:
             self.counts[status] += 1
             if status == "ok":
                 self.audio_seconds += r.get("duration_s") or 0.0
-                self.aligned_by[(r.get("alignment_method") or "").split(" ")[0]] += 1
+                method = r.get("alignment_method") or ""
+                # a low-confidence fallback counts apart from songs aligned linearly by choice
+                self.aligned_by["linear_low_confidence" if low_confidence_fallback(method) else method.split(" ")[0]] += 1
             elif status == "quarantined":
                 self.by_stage[r["stage"]] += 1
                 if len(self.failures) < SHOWN_FAILURES:

@@ -173,19 +173,36 @@ def test_killed_run_leaves_no_partial_shard_and_rerun_completes(tmp_path):
 
 @pytest.mark.realdata
 def test_real_songs_go_through_and_the_default_aligner_meets_its_targets(realdata, tmp_path):
-    from pipeline.align import AlignInput, LinearAligner
+    """The three annotated songs, and a fourth that is one of them (re-encoded) under another
+    song's lyrics: that one must come out unsure, fall back to the linear spread and be counted."""
+    import soundfile as sf
+
+    from pipeline.align import AlignInput, LinearAligner, low_confidence_fallback
+    from pipeline.demo_corpus import write_manifest
 
     manifest = write_jamendo_manifest(tmp_path)
+    with open(manifest, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    wrong = tmp_path / "wrong_lyrics.flac"  # other bytes, so not a duplicate of the song it holds
+    sf.write(wrong, decode(rows[1]["path"], 0, 1e9).samples, 44100)
+    rows.append({**rows[1], "path": str(wrong), "lyrics": rows[0]["lyrics"], "language": rows[0]["language"],
+                 "title": "wrong lyrics", "id": "wrong_lyrics"})
+    manifest = write_manifest(tmp_path / "with_wrong_lyrics.csv", rows)
     out = tmp_path / "out"
     run_job("--input", str(manifest), "--output", str(out), "--mlflow_tracking_uri", f"sqlite:///{tmp_path / 'm.db'}")
     songs = table(out, "songs")
-    assert len(songs) == 3
+    assert len(songs) == 4
+    unsure = [s for s in songs if s["title"] == "wrong lyrics"][0]
+    assert low_confidence_fallback(unsure["alignment_method"]) and unsure["alignment_confidence"] < 0.25, unsure["alignment_notes"]
+    assert json.loads((out / "summary.json").read_text())["alignment_methods"] == {"tts_dtw": 3, "linear_low_confidence": 1}
+    songs.remove(unsure)
     errors = {"tts_dtw": [], "linear": []}
     within = []
     for s in songs:
         stem = Path(s["source"]).stem
         assert abs(s["duration_s"] - decode(s["source"], 0, 1e9).samples.shape[0] / 44100) < 1e-6
         assert s["alignment_method"] == "tts_dtw" and s["alignment_language"] in ("es", "fr", "de"), s["alignment_notes"]
+        assert s["alignment_confidence"] >= 0.5, s["alignment_notes"]
         assert "(metadata)" in s["alignment_notes"]
         with open(realdata / "annotations" / "words" / f"{stem}.csv") as fh:
             spans = [(float(r["word_start"]), float(r["word_end"])) for r in csv.DictReader(fh)]

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from speech_songs import speech_song
 
-from pipeline.align import AlignerUnavailable, AlignInput, build_aligner
-from pipeline.align.dtw import TTSDTWAligner, char_onsets_from_words
+from pipeline.align import AlignerUnavailable, AlignInput, build_aligner, low_confidence_fallback
+from pipeline.align.dtw import TTSDTWAligner, char_onsets_from_words, shuffled_words
 from pipeline.separate import build_separator
 from pipeline.separate.activity import detect_vocal_activity
 
@@ -100,3 +100,35 @@ def test_characters_are_spread_between_word_onsets():
     chars = char_onsets_from_words(lyrics, np.array([1.0, 2.0, 4.0]), 10.0)
     assert chars[0] == 1.0 and chars[3] == 2.0 and chars[6] == 4.0
     assert 1.0 < chars[1] < chars[2] < 2.0 and np.all(np.diff(chars) >= 0) and chars[-1] <= 10.0
+
+
+# another song's lyrics: as many lines and about as many words as the English speech song's
+OTHER_LYRICS = "\n".join(["a quiet garden full of yellow flowers", "the teacher counted apples at the table",
+                          "seven sailors painted the wooden boat", "my brother lost his keys again today",
+                          "cold coffee waits beside the newspaper", "children laughing in the summer park"])
+
+
+def test_confidence_tells_a_song_s_own_lyrics_from_another_song_s(english):
+    own = TTSDTWAligner().align(_item(english))
+    other = TTSDTWAligner().align(_item(english, lyrics=OTHER_LYRICS))
+    assert own.confidence >= 0.5 > 0.25 > other.confidence, (own.notes, other.notes)
+    assert "8 word-shuffled copies" in own.notes
+    assert TTSDTWAligner().align(_item(english)).confidence == own.confidence  # seeded: a rerun agrees
+
+
+def test_an_unsure_alignment_falls_back_to_the_linear_spread_and_says_so(english):
+    item = _item(english, lyrics=OTHER_LYRICS)
+    al = build_aligner("auto", min_confidence=0.5).align(item)
+    assert low_confidence_fallback(al.method) and al.method.startswith("linear (fallback: tts_dtw confidence 0.")
+    assert al.confidence < 0.5 and "word-shuffled" in al.notes and "language en (metadata)" in al.notes
+    np.testing.assert_array_equal(al.char_onsets, build_aligner("linear").align(item).char_onsets)
+    sure = build_aligner("auto", min_confidence=0.5).align(_item(english))
+    assert sure.method == "tts_dtw" and not low_confidence_fallback(sure.method)
+    assert not low_confidence_fallback("linear (fallback: 1.2 s vocal activity)")
+
+
+def test_shuffled_words_keep_the_words_and_each_line_s_length():
+    lyrics = "one two three\n\nfour five\nsix"
+    out = shuffled_words(lyrics, np.random.default_rng(0))
+    assert sorted(out.split()) == sorted(lyrics.split())
+    assert [len(line.split()) for line in out.splitlines()] == [3, 0, 2, 1]

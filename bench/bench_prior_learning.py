@@ -315,6 +315,68 @@ def folds_protocol(work: Path, args) -> list[dict]:
     return results
 
 
+def upsampler_folds(work: Path, args) -> list[dict]:
+    """The middle upsampler with and without its conditioner, per fold, on the held-out recordings:
+    the fold's shards and top VQ-VAE of an earlier ``--protocol folds`` run in ``--work`` (else
+    trained here), a middle VQ-VAE, then two upsamplers with the same step count."""
+    from bench.folds import check_held_out, make_folds, recordings, shards_of, song_id
+    from pipeline.config import from_dict
+    from pipeline.data.encode import get_or_build
+    from pipeline.registry import download
+    from pipeline.services import init_ray
+    from pipeline.train.prior_job import TrainPriorConfig, train_prior
+    from pipeline.train.vqvae_job import TrainVQVAEConfig, train_vqvae
+
+    recs = recordings()
+    names = {song_id(r): r.id for r in recs}
+    results = []
+    for k, held in enumerate(make_folds(recs, args.folds, args.rotate)):
+        if args.only_fold and k not in args.only_fold:
+            continue
+        fold = work / f"fold{k}-r{args.rotate}"
+        fold.mkdir(parents=True, exist_ok=True)
+        train_shards = shards_of(work, f"fold{k}-r{args.rotate}-train-auto", [r for r in recs if r not in held], aligner="auto")
+        held_shards = shards_of(work, f"fold{k}-r{args.rotate}-held-auto", held, aligner="auto")
+        db = f"sqlite:///{fold / 'mlflow.db'}"
+        runs = {"every": 10 ** 6, "storage": str(fold / "runs")}
+        print(f"fold {k} (upsampler): held out {', '.join(r.id for r in held)}", flush=True)
+        vq = {}
+        for level in ("top", "middle"):
+            record = fold / ("vqvae.json" if level == "top" else "vqvae-middle.json")
+            if record.exists():
+                vq[level] = json.loads(record.read_text())["registered"]
+                continue
+            vq[level] = train_vqvae(from_dict(TrainVQVAEConfig, {
+                "level": level, "preset": "tiny", "shards": str(train_shards), "sample_length": 32768, "holdout": 0.0,
+                "mlflow_tracking_uri": db, "experiment": "bench-prior-folds",
+                "runtime": {**_runtime(args.vqvae_steps, 4), "media_every": 0},
+                "optim": {"lr": 2e-3, "warmup_steps": 20}, "checkpoint": {**runs, "every": args.vqvae_steps}}))["registered"]
+            record.write_text(json.dumps({"registered": vq[level]}))
+        base = {"level": "middle", "preset": "tiny", "shards": str(train_shards), "holdout": 0.0, "mlflow_tracking_uri": db,
+                "experiment": "bench-prior-folds", "codes_dir": str(fold / "codes")}
+        model = from_dict(TrainPriorConfig, base).model_config()
+        steps = args.steps = args.steps or max(10, int(args.upsampler_minutes * 60 / step_seconds(model, args.batch)))
+        init_ray(None, 2, progress=False)
+        held_codes = {level: str(get_or_build(held_shards, download(vq[level], tracking_uri=db), db, root=fold / "codes-held")[0])
+                      for level in ("top", "middle")}
+        result = {"fold": k, "held_out": [r.id for r in held], "steps": steps, "vqvaes": vq}
+        for conditioner in (True, False):
+            summary = train_prior(from_dict(TrainPriorConfig, {
+                **base, "model": {"conditioner": conditioner}, "runtime": _runtime(steps, args.batch),
+                "optim": {"lr": 1e-3, "warmup_steps": 50}, "checkpoint": {**runs, "every": steps}}))
+            caches = tuple(fold / "codes" / summary["lineage"][key].split(":")[0] for key in ("code_cache", "upper_code_cache")
+                           if key in summary["lineage"])
+            result.setdefault("leak_check", {}).update(check_held_out(held, shards=train_shards, caches=caches))
+            source = {"cache": held_codes["middle"], "n_ctx": model.n_ctx, "upper_cache": held_codes["top"], "ratio": 4}
+            bits = heldout_bits(summary["registered"], db, source, span=(0.0, 1.0), unknown_labels=True, names=names)
+            result["with_conditioner" if conditioner else "without_conditioner"] = {"registered": summary["registered"], **bits}
+        result["conditioner_gain_bits"] = round(result["without_conditioner"]["heldout_bits_per_token"]
+                                                - result["with_conditioner"]["heldout_bits_per_token"], 4)
+        print("fold", result, flush=True)
+        results.append(result)
+    return results
+
+
 def _song_rows(shards: Path) -> list[dict]:
     from pipeline.data.shards import SONGS, read_table
 
@@ -341,9 +403,25 @@ def main() -> None:
                     help="leave-one-out: any field of the prior job's config, e.g. --set model.width=64 --set model.emb_dropout=0.3")
     ap.add_argument("--steps", type=int, default=0, help="leave-one-out: optimizer steps (0: what --minutes allows)")
     ap.add_argument("--name", default="", help="folds, leave-one-out: suffix of the sitting's variant")
+    ap.add_argument("--upsampler", action="store_true",
+                    help="folds: the middle upsampler with and without its conditioner (--upsampler-minutes each) "
+                         "instead of the top prior")
     ap.add_argument("--only-top", action="store_true", help="later spans: the top prior only (reuses --work's VQ-VAEs if there)")
     args = ap.parse_args()
     work = realdata_work(args.work, "prior-learning-")
+    if args.protocol == "folds" and args.upsampler:
+        folds = upsampler_folds(work, args)
+        rows = []
+        for f in folds:
+            for name, bits in f["with_conditioner"]["per_recording_bits"].items():
+                without = f["without_conditioner"]["per_recording_bits"][name]
+                rows.append([f["fold"], name[:30], bits, without, round(without - bits, 4)])
+        print(format_table(["fold", "held-out recording", "with conditioner", "without", "gain (bits/token)"], rows))
+        gain = float(np.mean([f["conditioner_gain_bits"] for f in folds]))
+        print(f"mean conditioner gain over folds: {gain:.3f} bits/token")
+        print(save("prior_learning", {"config": vars(args), "folds": folds, "mean_conditioner_gain_bits": round(gain, 4)},
+                   f"folds{args.folds}_r{args.rotate}_upsampler{args.name}"))
+        return
     if args.protocol == "folds":
         folds = folds_protocol(work, args)
         rows = [[f["fold"], r["recording"][:30], r["bits_per_token"], r["unigram_entropy_bits"], f"{r['below_unigram_entropy']:.1%}",

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.common import apply_sets, realdata_work, save  # noqa: E402
+from bench.common import apply_sets, latest, realdata_work, save  # noqa: E402
 from models.losses import spectral_convergence_db  # noqa: E402
 from models.vqvae import VQVAE, VQVAEConfig  # noqa: E402
 from pipeline.tables import format_table  # noqa: E402
@@ -112,27 +112,33 @@ def evaluate(state: dict, cfg: VQVAEConfig, shards: Path, holdout: float, crops:
             "spectral_convergence_db_per_crop": [round(v, 2) for v in sc], "codes_in_use": len(codes)}
 
 
+SILENT_DBFS = -60.0  # a crop this quiet has no spectrum to converge to (a song's trailing silence gave +171 dB)
+
+
 def evaluate_recordings(state: dict, cfg: VQVAEConfig, shards: Path, per_song: int, length: int,
                         names: dict[str, str]) -> dict:
-    """``per_song`` evenly spaced crops of every song in ``shards``: a figure per recording, and
-    their mean (each recording weighs the same, whatever its length)."""
+    """``per_song`` evenly spaced crops of every song in ``shards``, the silent ones left out and
+    counted: a figure per recording, and their mean (each recording weighs the same)."""
     from pipeline.data.audio_windows import WindowSampler, WindowSpec
 
     model = VQVAE(cfg)
     model.load_state_dict(state)
     model.eval()
     sampler = WindowSampler(shards, length)
-    per, codes = {}, set()
+    per, codes, silent = {}, set(), {}
     with torch.no_grad():
         for sid, n in zip(sampler.song_ids, sampler.song_samples):
             sc = []
             for offset in np.linspace(0, max(int(n) - length, 0), per_song).astype(np.int64):
                 x = torch.from_numpy(sampler.load(WindowSpec(sid, int(offset), 0.5)))[None]  # mono: both channels
+                if 10 * np.log10(float(x.pow(2).mean()) + 1e-20) < SILENT_DBFS:
+                    silent[names.get(sid, sid)] = silent.get(names.get(sid, sid), 0) + 1
+                    continue
                 out = model(x)
                 sc.append(float(spectral_convergence_db(x[..., 0], out["recon"][..., 0])[0]))
                 codes.update(out["codes"].flatten().tolist())
             per[names.get(sid, sid)] = round(float(np.mean(sc)), 2)
-    return {"eval_crops_per_recording": per_song, "eval_crop_samples": length, "per_recording_db": per,
+    return {"eval_crops_per_recording": per_song, "eval_crop_samples": length, "per_recording_db": per, "silent_crops": silent,
             "spectral_convergence_db_mean": round(float(np.mean(list(per.values()))), 2), "codes_in_use": len(codes)}
 
 
@@ -192,6 +198,8 @@ def main() -> None:
                                                          "leave-one-out: how many of the three folds to run")
     ap.add_argument("--rotate", type=int, default=0, help="folds: another pairing of the held-out recordings")
     ap.add_argument("--only-fold", type=int, action="append", default=[], help="folds: run only these folds (0-based)")
+    ap.add_argument("--evaluate-only", action="store_true",
+                    help="folds: measure again the models the last sitting of this variant registered in --work (no training)")
     ap.add_argument("--minutes", type=float, default=10.0, help="training budget: steps = budget / a measured step time")
     ap.add_argument("--steps", type=int, default=0, help="optimizer steps (overrides --minutes)")
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -271,6 +279,8 @@ def run_folds(args, work: Path, target: dict) -> None:
     recs = recordings()
     plan = make_folds(recs, args.folds, args.rotate)
     names = {song_id(r): r.id for r in recs}
+    variant = f"folds{args.folds}_r{args.rotate}" + args.name
+    trained = {f["fold"]: f for f in (latest("vqvae_learning", variant) or {}).get("folds", [])} if args.evaluate_only else {}
     folds = []
     for k, held in enumerate(plan):
         if args.only_fold and k not in args.only_fold:
@@ -279,12 +289,23 @@ def run_folds(args, work: Path, target: dict) -> None:
         train_shards = shards_of(work, f"fold{k}-r{args.rotate}-train", [r for r in recs if r not in held])
         test_shards = shards_of(work, f"fold{k}-r{args.rotate}-held", held)
         checked = check_held_out(held, shards=train_shards)  # the training rows hold none of them
-        budget_steps(args, train_shards)
         fold_work = work / f"fold{k}-r{args.rotate}{args.name}"
-        fold_work.mkdir(parents=True, exist_ok=True)
         print(f"fold {k}: held out {', '.join(held_ids)}", flush=True)
-        result = {"fold": k, "held_out": held_ids, "leak_check": checked,
-                  **train_and_measure(args, train_shards, test_shards, 0.0, (0.0, 1.0), fold_work, names=names)}
+        if args.evaluate_only:
+            from pipeline.registry import download, load_state_dict
+
+            if k not in trained:
+                sys.exit(f"fold {k}: no earlier sitting of {variant} to measure again")
+            db = f"sqlite:///{fold_work / 'mlflow.db'}"
+            state = load_state_dict(download(trained[k]["registered"], fold_work / "registry", db).folder)
+            cfg = VQVAEConfig(level=0, width=32, depth=4)
+            result = {**trained[k], "leak_check": checked, "measured_again": True,
+                      **evaluate_recordings(state, cfg, test_shards, args.crops, 65536, names)}
+        else:
+            budget_steps(args, train_shards)
+            fold_work.mkdir(parents=True, exist_ok=True)
+            result = {"fold": k, "held_out": held_ids, "leak_check": checked,
+                      **train_and_measure(args, train_shards, test_shards, 0.0, (0.0, 1.0), fold_work, names=names)}
         print("fold", {k: v for k, v in result.items() if k != "leak_check"}, flush=True)
         folds.append(result)
     mean_sc = round(float(np.mean([f["spectral_convergence_db_mean"] for f in folds])), 2)
@@ -295,7 +316,7 @@ def run_folds(args, work: Path, target: dict) -> None:
     print(format_table(["fold", "held-out recording", "spectral convergence (dB)", "codes in fold", "training s", "steps"], rows))
     met = mean_sc <= target["spectral_convergence_db"] and mean_codes >= target["codes_in_use"]
     print(f"target: mean <= -18 dB with >= 1,800 codes; met: {met}")
-    print(save("vqvae_learning", variant=f"folds{args.folds}_r{args.rotate}" + args.name, payload=
+    print(save("vqvae_learning", variant=variant, payload=
                {"protocol": f"{args.folds} folds of the ten recordings, each fold's held-out recordings kept out of its "
                             "training shards (checked by content hash), measured on evenly spaced crops of each",
                 "folds": folds, "mean_spectral_convergence_db": mean_sc, "mean_codes_in_use": mean_codes, "target": target,

@@ -85,6 +85,23 @@ def train_vqvaes(shards: Path, db: str, work: Path, steps: int) -> dict:
     return out
 
 
+def fold_vqvae(level: str, fold: Path, shards: Path, db: str, steps: int, experiment: str) -> str:
+    """The fold's tiny VQ-VAE of ``level``, trained on ``shards`` once; a rerun (another prior
+    setting) reads its registered version from the fold's record."""
+    from pipeline.config import from_dict
+    from pipeline.train.vqvae_job import TrainVQVAEConfig, train_vqvae
+
+    record = fold / ("vqvae.json" if level == "top" else f"vqvae-{level}.json")
+    if record.exists():
+        return json.loads(record.read_text())["registered"]
+    registered = train_vqvae(from_dict(TrainVQVAEConfig, {
+        "level": level, "preset": "tiny", "shards": str(shards), "sample_length": 32768, "holdout": 0.0,
+        "mlflow_tracking_uri": db, "experiment": experiment, "runtime": {**_runtime(steps, 4), "media_every": 0},
+        "optim": {"lr": 2e-3, "warmup_steps": 20}, "checkpoint": {"every": steps, "storage": str(fold / "runs")}}))["registered"]
+    record.write_text(json.dumps({"registered": registered}))
+    return registered
+
+
 def step_seconds(cfg, batch: int, trials: int = 4) -> float:
     """Median of a few bare forward/backward/AdamW steps of the model on random codes, 2 threads, + 20 %."""
     from models.prior import Prior
@@ -125,22 +142,25 @@ def heldout_bits(registered: str, db: str, source_args: dict, span: tuple[float,
     source.open()
     windows = [(sid, int(s)) for i, sid in enumerate(source.song_ids)
                for s in range(int(source.first[i]) + (-int(source.first[i])) % source.ratio, int(source.last[i]) + 1, source.n_ctx)]
+    # batches of up to 4 windows of one song: the batch's mean loss is then that song's
+    batches = [chunk[i:i + 4] for chunk in ([w for w in windows if w[0] == sid] for sid in source.song_ids)
+               for i in range(0, len(chunk), 4)]
     rng = np.random.default_rng(0)
     per: dict[str, list[float]] = {}
     with torch.no_grad():
-        for sid, start in windows:
-            batch = {k: torch.from_numpy(v) for k, v in source.batch([(sid, start)]).items()}
+        for group in batches:
+            batch = {k: torch.from_numpy(v) for k, v in source.batch(group).items()}
             if unknown_labels:  # ids of another vocabulary mean nothing to this model
                 batch["artist"].zero_()
                 batch["genres"].fill_(-1)
                 batch["genres"][:, 0] = 0
             if lyrics == "shuffled" and "lyrics" in batch:
-                row = batch["lyrics"][0]
-                chars = torch.nonzero(row).flatten()
-                row[chars] = row[chars[torch.from_numpy(rng.permutation(chars.numel()))]]
+                for row in batch["lyrics"]:
+                    chars = torch.nonzero(row).flatten()
+                    row[chars] = row[chars[torch.from_numpy(rng.permutation(chars.numel()))]]
             _, metrics = model.loss(batch)
             n = batch["codes"].numel()
-            total = per.setdefault(sid, [0.0, 0])
+            total = per.setdefault(group[0][0], [0.0, 0])
             total[0] += float(metrics["bits_per_token"]) * n
             total[1] += n
     bits = sum(t[0] for t in per.values()) / sum(t[1] for t in per.values())
@@ -184,7 +204,6 @@ def leave_one_out(work: Path, minutes: float, vqvae_steps: int, batch: int, timi
     from pipeline.registry import download
     from pipeline.services import init_ray
     from pipeline.train.prior_job import TrainPriorConfig, train_prior
-    from pipeline.train.vqvae_job import TrainVQVAEConfig, train_vqvae
 
     ids = song_ids()
     results = []
@@ -195,14 +214,7 @@ def leave_one_out(work: Path, minutes: float, vqvae_steps: int, batch: int, timi
         test_shards = song_shards(work, f"only-{unseen}", [unseen])
         db = f"sqlite:///{fold / 'mlflow.db'}"
         runs = {"every": 10 ** 6, "storage": str(fold / "runs")}
-        if (fold / "vqvae.json").exists():  # a rerun (another prior setting): the fold's VQ-VAE and code caches again
-            vq = json.loads((fold / "vqvae.json").read_text())
-        else:
-            vq = train_vqvae(from_dict(TrainVQVAEConfig, {
-                "level": "top", "preset": "tiny", "shards": str(train_shards), "sample_length": 32768, "holdout": 0.0,
-                "mlflow_tracking_uri": db, "experiment": "bench-prior-loo", "runtime": {**_runtime(vqvae_steps, 4), "media_every": 0},
-                "optim": {"lr": 2e-3, "warmup_steps": 20}, "checkpoint": {**runs, "every": vqvae_steps}}))
-            (fold / "vqvae.json").write_text(json.dumps({"registered": vq["registered"]}))
+        vq = {"registered": fold_vqvae("top", fold, train_shards, db, vqvae_steps, "bench-prior-loo")}
         base = {"level": "top", "preset": "tiny", "shards": str(train_shards), "holdout": 0.0, "mlflow_tracking_uri": db,
                 "experiment": "bench-prior-loo", "codes_dir": str(fold / "codes"), "model": {"cond_dropout": 0.25, "timing": timing}}
         apply_sets(base, list(sets))
@@ -238,23 +250,12 @@ def entropy_bits(codes: np.ndarray) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
-def folds_protocol(work: Path, args) -> list[dict]:
-    """The ten recordings in folds: per fold, shards of its training recordings only, its own top
-    VQ-VAE, code cache and top prior; measured per held-out recording (and, for a held-out lyric
-    song, with its lyrics shuffled). No held-out recording reaches a training stage: checked on
-    the training shards and the training code cache."""
-    from bench.folds import check_held_out, make_folds, recordings, shards_of, song_id
-    from pipeline.config import from_dict
-    from pipeline.data.code_cache import CodeCache
-    from pipeline.data.encode import get_or_build
-    from pipeline.registry import download
-    from pipeline.services import init_ray
-    from pipeline.train.prior_job import TrainPriorConfig, train_prior
-    from pipeline.train.vqvae_job import TrainVQVAEConfig, train_vqvae
+def ten_recording_folds(work: Path, args):
+    """The folds to run, each as (index, held-out recordings, fold folder, training shards,
+    held-out shards, tracking URI), its shards preprocessed with the default aligner once."""
+    from bench.folds import make_folds, recordings, shards_of
 
     recs = recordings()
-    names = {song_id(r): r.id for r in recs}
-    results = []
     for k, held in enumerate(make_folds(recs, args.folds, args.rotate)):
         if args.only_fold and k not in args.only_fold:
             continue
@@ -262,18 +263,28 @@ def folds_protocol(work: Path, args) -> list[dict]:
         fold.mkdir(parents=True, exist_ok=True)
         train_shards = shards_of(work, f"fold{k}-r{args.rotate}-train-auto", [r for r in recs if r not in held], aligner="auto")
         held_shards = shards_of(work, f"fold{k}-r{args.rotate}-held-auto", held, aligner="auto")
-        db = f"sqlite:///{fold / 'mlflow.db'}"
+        yield k, held, fold, train_shards, held_shards, f"sqlite:///{fold / 'mlflow.db'}"
+
+
+def folds_protocol(work: Path, args) -> list[dict]:
+    """The ten recordings in folds: per fold, shards of its training recordings only, its own top
+    VQ-VAE, code cache and top prior; measured per held-out recording (and, for a held-out lyric
+    song, with its lyrics shuffled). No held-out recording reaches a training stage: checked on
+    the training shards and the training code cache."""
+    from bench.folds import check_held_out, recordings, song_id
+    from pipeline.config import from_dict
+    from pipeline.data.code_cache import CodeCache
+    from pipeline.data.encode import get_or_build
+    from pipeline.registry import download
+    from pipeline.services import init_ray
+    from pipeline.train.prior_job import TrainPriorConfig, train_prior
+
+    names = {song_id(r): r.id for r in recordings()}
+    results = []
+    for k, held, fold, train_shards, held_shards, db in ten_recording_folds(work, args):
         runs = {"every": 10 ** 6, "storage": str(fold / "runs")}
         print(f"fold {k}: held out {', '.join(r.id for r in held)}", flush=True)
-        if (fold / "vqvae.json").exists():  # a rerun (another prior setting): the fold's VQ-VAE again
-            vq = json.loads((fold / "vqvae.json").read_text())
-        else:
-            vq = train_vqvae(from_dict(TrainVQVAEConfig, {
-                "level": "top", "preset": "tiny", "shards": str(train_shards), "sample_length": 32768, "holdout": 0.0,
-                "mlflow_tracking_uri": db, "experiment": "bench-prior-folds",
-                "runtime": {**_runtime(args.vqvae_steps, 4), "media_every": 0},
-                "optim": {"lr": 2e-3, "warmup_steps": 20}, "checkpoint": {**runs, "every": args.vqvae_steps}}))
-            (fold / "vqvae.json").write_text(json.dumps({"registered": vq["registered"]}))
+        vq = {"registered": fold_vqvae("top", fold, train_shards, db, args.vqvae_steps, "bench-prior-folds")}
         base = {"level": "top", "preset": "tiny", "shards": str(train_shards), "holdout": 0.0, "mlflow_tracking_uri": db,
                 "experiment": "bench-prior-folds", "codes_dir": str(fold / "codes"), "model": {"cond_dropout": 0.25}}
         apply_sets(base, list(args.set))
@@ -319,39 +330,19 @@ def upsampler_folds(work: Path, args) -> list[dict]:
     """The middle upsampler with and without its conditioner, per fold, on the held-out recordings:
     the fold's shards and top VQ-VAE of an earlier ``--protocol folds`` run in ``--work`` (else
     trained here), a middle VQ-VAE, then two upsamplers with the same step count."""
-    from bench.folds import check_held_out, make_folds, recordings, shards_of, song_id
+    from bench.folds import check_held_out, recordings, song_id
     from pipeline.config import from_dict
     from pipeline.data.encode import get_or_build
     from pipeline.registry import download
     from pipeline.services import init_ray
     from pipeline.train.prior_job import TrainPriorConfig, train_prior
-    from pipeline.train.vqvae_job import TrainVQVAEConfig, train_vqvae
 
-    recs = recordings()
-    names = {song_id(r): r.id for r in recs}
+    names = {song_id(r): r.id for r in recordings()}
     results = []
-    for k, held in enumerate(make_folds(recs, args.folds, args.rotate)):
-        if args.only_fold and k not in args.only_fold:
-            continue
-        fold = work / f"fold{k}-r{args.rotate}"
-        fold.mkdir(parents=True, exist_ok=True)
-        train_shards = shards_of(work, f"fold{k}-r{args.rotate}-train-auto", [r for r in recs if r not in held], aligner="auto")
-        held_shards = shards_of(work, f"fold{k}-r{args.rotate}-held-auto", held, aligner="auto")
-        db = f"sqlite:///{fold / 'mlflow.db'}"
+    for k, held, fold, train_shards, held_shards, db in ten_recording_folds(work, args):
         runs = {"every": 10 ** 6, "storage": str(fold / "runs")}
         print(f"fold {k} (upsampler): held out {', '.join(r.id for r in held)}", flush=True)
-        vq = {}
-        for level in ("top", "middle"):
-            record = fold / ("vqvae.json" if level == "top" else "vqvae-middle.json")
-            if record.exists():
-                vq[level] = json.loads(record.read_text())["registered"]
-                continue
-            vq[level] = train_vqvae(from_dict(TrainVQVAEConfig, {
-                "level": level, "preset": "tiny", "shards": str(train_shards), "sample_length": 32768, "holdout": 0.0,
-                "mlflow_tracking_uri": db, "experiment": "bench-prior-folds",
-                "runtime": {**_runtime(args.vqvae_steps, 4), "media_every": 0},
-                "optim": {"lr": 2e-3, "warmup_steps": 20}, "checkpoint": {**runs, "every": args.vqvae_steps}}))["registered"]
-            record.write_text(json.dumps({"registered": vq[level]}))
+        vq = {level: fold_vqvae(level, fold, train_shards, db, args.vqvae_steps, "bench-prior-folds") for level in ("top", "middle")}
         base = {"level": "middle", "preset": "tiny", "shards": str(train_shards), "holdout": 0.0, "mlflow_tracking_uri": db,
                 "experiment": "bench-prior-folds", "codes_dir": str(fold / "codes")}
         model = from_dict(TrainPriorConfig, base).model_config()

@@ -241,11 +241,7 @@ def main() -> None:
     for unseen in ids[:args.folds]:
         train_shards = song_shards(work, f"without-{unseen}", [i for i in ids if i != unseen])
         test_shards = song_shards(work, f"only-{unseen}", [unseen])
-        if not args.steps:
-            flags = dict(item.partition("=")[::2] for item in args.set)
-            args.steps, calibration = steps_for_budget(train_shards, args.minutes * 60, flags.get("runtime.compile") == "true",
-                                                       flags.get("runtime.autocast") == "bf16")
-            print(f"measured {calibration:.2f} s per step -> {args.steps} steps in {args.minutes} minutes", flush=True)
+        budget_steps(args, train_shards)
         fold_work = work / f"fold-{unseen}{args.name}"
         fold_work.mkdir(parents=True, exist_ok=True)
         result = {"unseen_song": unseen, **train_and_measure(args, train_shards, test_shards, 0.0, (0.0, 1.0), fold_work)}

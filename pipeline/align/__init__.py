@@ -135,15 +135,16 @@ ALIGNERS = ("auto", "ctc", "tts_dtw", "vocal_activity", "linear")
 
 
 def build_aligner(name: str, ctc_model: str = "", min_language_probability: float = 0.5, device: str = "cpu",
-                  min_confidence: float = 0.0, confidence_shuffles: int = 8) -> Aligner:
+                  min_confidence: float = 0.0, confidence_shuffles: int = 8, repeats: bool = True) -> Aligner:
     """``auto`` = ctc (when ``ctc_model`` is given) -> tts_dtw -> vocal_activity -> linear; with
     ``min_confidence`` > 0, an alignment less sure than that becomes the linear spread.
-    ``confidence_shuffles``: the TTS+DTW aligner's word-shuffled comparisons (``dtw.py``)."""
-    aligner = _build(name, ctc_model, min_language_probability, device, confidence_shuffles)
+    ``confidence_shuffles``: the TTS+DTW aligner's word-shuffled comparisons (``dtw.py``);
+    ``repeats``: its second path anchoring repeated lyrics where the music repeats (``repeats.py``)."""
+    aligner = _build(name, ctc_model, min_language_probability, device, confidence_shuffles, repeats)
     return LowConfidenceFallback(aligner, min_confidence) if min_confidence > 0 and name != "linear" else aligner
 
 
-def _build(name: str, ctc_model: str, min_language_probability: float, device: str, shuffles: int) -> Aligner:
+def _build(name: str, ctc_model: str, min_language_probability: float, device: str, shuffles: int, repeats: bool) -> Aligner:
     if name not in ALIGNERS:
         raise ValueError(f"unknown aligner {name!r}; available: {', '.join(ALIGNERS)}")
     if name == "linear":
@@ -152,7 +153,7 @@ def _build(name: str, ctc_model: str, min_language_probability: float, device: s
         return VocalActivityAligner()
     from pipeline.align.dtw import TTSDTWAligner, TTSDTWOptions
 
-    tts_dtw = TTSDTWAligner(TTSDTWOptions(null_shuffles=shuffles))
+    tts_dtw = TTSDTWAligner(TTSDTWOptions(null_shuffles=shuffles, repeats=repeats))
     if name == "tts_dtw":
         return tts_dtw
     if name == "ctc":

@@ -12,8 +12,13 @@ _STAY, _NEXT, _SKIP, _FROM_GAP = 0, 1, 2, 3
 
 
 @numba.njit(cache=True, nogil=True)
-def align_path(song, speech, v, line_start, line_end, nonvocal_cost, gap_cost, gap_vocal_cost, skip_cost):
-    """Best path as, per song frame, the speech frame it is matched to (-1 = in a gap); and its cost."""
+def align_path(song, speech, v, line_start, line_end, nonvocal_cost, gap_cost, gap_vocal_cost, skip_cost,
+               anchored, anchor_ok, anchor_cost):
+    """Best path as, per song frame, the speech frame it is matched to (-1 = in a gap); and its cost.
+
+    ``anchored`` (per line) and ``anchor_ok`` (line x song frame): for an anchored line, entering
+    its first speech frame at a song frame that is not ok costs ``anchor_cost``.
+    """
     d, n = song.shape
     m = speech.shape[1]
     n_lines = line_start.size
@@ -45,21 +50,23 @@ def align_path(song, speech, v, line_start, line_end, nonvocal_cost, gap_cost, g
         for i in range(m):
             best = inf
             arg = _STAY
+            k = starts_line[i]
+            # entering an anchored line outside its window pays anchor_cost (staying in it does not)
+            enter = anchor_cost if k >= 0 and anchored[k] and not anchor_ok[k, j] else 0.0
             if j == 0:
                 if i == 0:
-                    best = 0.0
+                    best = enter
             else:
                 if prev[i] < best:
                     best = prev[i]
-                if i >= 1 and prev[i - 1] < best:
-                    best = prev[i - 1]
+                if i >= 1 and prev[i - 1] + enter < best:
+                    best = prev[i - 1] + enter
                     arg = _NEXT
-                if i >= 2 and prev[i - 2] + skip_cost < best:
+                if i >= 2 and k < 0 and starts_line[i - 1] < 0 and prev[i - 2] + skip_cost < best:  # a line's first frame is never skipped
                     best = prev[i - 2] + skip_cost
                     arg = _SKIP
-                k = starts_line[i]
-                if k >= 0 and gprev[k] < best:
-                    best = gprev[k]
+                if k >= 0 and gprev[k] + enter < best:
+                    best = gprev[k] + enter
                     arg = _FROM_GAP
             if best < inf:
                 dot = 0.0

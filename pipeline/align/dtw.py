@@ -23,6 +23,8 @@ on sung audio, beyond textbook DTW (each measured on the three shared real songs
 - **Few, low cepstra** (c1-c9, mean/variance normalised per recording): the spectral
   envelope (vowel identity) survives the change from speech to singing; finer cepstra
   follow the pitch harmonics, which differ.
+- **Choruses anchored where the music repeats** (``repeats.py``): a second path whose
+  repeated blocks of lines may start only where the song's chroma repeats.
 
 **Confidence: the lyrics against the same words shuffled.** A monotonic path with gaps can
 make any text fit any song a little, so how well the matched frames agree says little by
@@ -69,6 +71,9 @@ class TTSDTWOptions:
     skip_cost: float = 0.05
     null_shuffles: int = 8  # word-shuffled copies of the lyrics the confidence compares with (0: no comparison)
     confidence_z: float = 4.0  # z (standard deviations above the shuffled copies) that makes confidence 1
+    repeats: bool = True  # a second path with the lines of repeated blocks anchored where the song repeats (repeats.py)
+    anchor_cost: float = 100.0  # entering an anchored line outside its windows: above 130 frames of loud singing in a gap
+    anchor_window_s: float = 1.0
 
 
 def _mel(x: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -96,10 +101,13 @@ def vocalness(vocal_mel: np.ndarray, quantiles: tuple[float, float], smooth_fram
     return np.clip((loud - lo) / (hi - lo + 1e-9), 0.0, 1.0).astype(np.float32)
 
 
-def _viterbi(song, speech, v, line_start, line_end, opt: TTSDTWOptions):
+def _viterbi(song, speech, v, line_start, line_end, opt: TTSDTWOptions, anchor_ok: np.ndarray | None = None):
     from pipeline.align._dtw_kernel import align_path  # numba: compiled on first use, cached on disk
 
-    return align_path(song, speech, v, line_start, line_end, opt.nonvocal_cost, opt.gap_cost, opt.gap_vocal_cost, opt.skip_cost)
+    if anchor_ok is None:
+        anchor_ok = np.ones((line_start.size, 1), np.bool_)  # nothing anchored: never read past column 0
+    return align_path(song, speech, v, line_start, line_end, opt.nonvocal_cost, opt.gap_cost, opt.gap_vocal_cost, opt.skip_cost,
+                      ~anchor_ok.all(axis=1), anchor_ok, opt.anchor_cost)
 
 
 def char_onsets_from_words(lyrics: str, word_onsets: np.ndarray, duration_s: float) -> np.ndarray:
@@ -138,6 +146,7 @@ class _Fit:
     path: np.ndarray  # per song frame: the speech frame it is matched to, -1 in a gap
     kept: np.ndarray  # speech frame of each kept frame
     pool: int  # song frames pooled into one
+    cost: float = 0.0  # of the path
 
     def agreement(self) -> float:
         """Mean cosine similarity of the matched song and speech frames."""
@@ -159,6 +168,7 @@ class TTSDTWAligner(Aligner):
     def __init__(self, options: TTSDTWOptions | None = None):
         self.opt = options or TTSDTWOptions()
         self._tts: Espeak | None = None
+        self.repeat_report: list[dict] = []  # the last song's repeated blocks (``repeats.py``)
 
     @property
     def tts(self) -> Espeak:
@@ -177,6 +187,7 @@ class TTSDTWAligner(Aligner):
 
     def align(self, item: AlignInput) -> Alignment:
         opt = self.opt
+        self.repeat_report = []
         n_words = word_starts(item.lyrics).size
         if n_words == 0:
             return finish_alignment(item.lyrics, np.zeros(len(item.lyrics)), item.duration_s, 0.0, self.name)
@@ -195,20 +206,65 @@ class TTSDTWAligner(Aligner):
         else:
             song_mel = vocal_mel
         speech, wpm = self._speech(item, float(v.sum()) * HOP / FEATURE_RATE)
-        fit = self._fit(song_mel, v, speech, item.duration_s)
+        first = self._fit(song_mel, v, speech, item.duration_s)
+        fit, repeats_note = first, ""
+        if opt.repeats:
+            fit, repeats_note = self._refit_on_repeats(item, stem, first, speech, song_mel, v)
         word_onsets = fit.song_frames(speech.word_onsets) * fit.pool * HOP / FEATURE_RATE
         chars = char_onsets_from_words(item.lyrics, word_onsets, item.duration_s)
         out = finish_alignment(item.lyrics, chars, item.duration_s, 0.0, self.name)
+        # the confidence compares first paths: the shuffled copies have no repeated lines to anchor
         if opt.null_shuffles > 0:
-            z, nulls = self._against_shuffled(item, fit, song_mel, v, wpm)
+            z, nulls = self._against_shuffled(item, first, song_mel, v, wpm)
             out.confidence = float(np.clip(z / opt.confidence_z, 0.0, 1.0))
             out.notes = f"lyrics vs {nulls} word-shuffled copies: z = {z:+.1f}"
         else:
-            out.confidence = self._confidence(fit.song, fit.speech, fit.path)
+            out.confidence = self._confidence(first.song, first.speech, first.path)
+        out.notes = "; ".join(x for x in (out.notes, repeats_note) if x)
         return out
 
-    def _fit(self, song_mel: np.ndarray, v: np.ndarray, speech: Speech, duration_s: float) -> _Fit:
-        """The best monotonic path of the speech's frames through the song's."""
+    def _refit_on_repeats(self, item: AlignInput, stem: np.ndarray, first: _Fit, speech: Speech, song_mel: np.ndarray,
+                          v: np.ndarray) -> tuple[_Fit, str]:
+        """A second path with the lines of repeated blocks anchored where the music repeats, and a note."""
+        word_onsets = first.song_frames(speech.word_onsets) * first.pool * HOP / FEATURE_RATE
+        windows, report = self._repeat_anchors(item, stem, word_onsets, v,
+                                               lambda w: self._fit(song_mel, v, speech, item.duration_s, w))
+        self.repeat_report = report  # for the benchmark's diagnostics
+        if not report:
+            return first, ""
+        used = sum("shift_s" in g for g in report)
+        note = f"repeated blocks anchored where the music repeats: {used} of {len(report)}"
+        return (self._fit(song_mel, v, speech, item.duration_s, windows) if windows else first), note
+
+    def _repeat_anchors(self, item: AlignInput, stem: np.ndarray, word_onsets: np.ndarray, v: np.ndarray,
+                        fit_with) -> tuple[dict[int, list[tuple[float, float]]], list[dict]]:
+        """Windows for the lines of repeated blocks (``repeats.py``); for each block the shift of its
+        repeats whose path (``fit_with(windows)``) costs least."""
+        from pipeline.align.repeats import chroma, repeat_groups
+
+        lines = [line for line in item.lyrics.splitlines() if line.split()]
+        first = np.cumsum([0] + [len(line.split()) for line in lines])  # each line's first word
+
+        def block_end(a: int, b: int) -> float:
+            end = word_onsets[first[b + 1] - 1] + 1.0
+            return float(min(end, word_onsets[first[b + 1]])) if b + 1 < len(lines) else float(end)
+
+        mono = stem.mean(axis=1) if stem.ndim == 2 else stem
+        groups, left = repeat_groups(lines, word_onsets[first[:-1]], block_end, chroma(mono, item.sample_rate), v,
+                                     FEATURE_RATE / HOP)
+        windows: dict[int, list[tuple[float, float]]] = {}
+        report = []
+        for g in groups:
+            costs = [fit_with(g.windows(shift, self.opt.anchor_window_s)).cost for shift in g.shifts] if len(g.shifts) > 1 else [0.0]
+            shift = g.shifts[int(np.argmin(costs))]
+            windows.update(g.windows(shift, self.opt.anchor_window_s))
+            report.append({**g.info, "shift_s": round(shift, 2), "shifts_tried": [round(x, 2) for x in g.shifts]})
+        return windows, report + left
+
+    def _fit(self, song_mel: np.ndarray, v: np.ndarray, speech: Speech, duration_s: float,
+             anchors: dict[int, list[tuple[float, float]]] | None = None) -> _Fit:
+        """The best monotonic path of the speech's frames through the song's; ``anchors``: for some
+        lines (index among the non-empty lines), the spans of song seconds where each may start."""
         opt = self.opt
         speech_mel = _mel(speech.samples, speech.sample_rate)
         loud = 10 * np.log10(speech_mel.sum(axis=0) + 1e-12)
@@ -229,10 +285,18 @@ class TTSDTWAligner(Aligner):
         lines = np.unique(line_of)
         line_start = np.array([np.flatnonzero(line_of == k)[0] for k in lines], dtype=np.int64)
         line_end = np.array([np.flatnonzero(line_of == k)[-1] for k in lines], dtype=np.int64)
-        path, cost = _viterbi(song, speech_c, vv, line_start, line_end, opt)
+        ok = None
+        if anchors:
+            ok = np.ones((lines.size, song.shape[1]), np.bool_)
+            for row, k in enumerate(lines):
+                if k in anchors:
+                    ok[row] = False
+                    for lo, hi in anchors[k]:
+                        ok[row, max(0, int(lo * FEATURE_RATE / HOP / pool)):max(0, int(np.ceil(hi * FEATURE_RATE / HOP / pool)) + 1)] = True
+        path, cost = _viterbi(song, speech_c, vv, line_start, line_end, opt, ok)
         if not np.isfinite(cost):
             raise AlignmentFailed("no monotonic alignment")
-        return _Fit(song, speech_c, path, kept, pool)
+        return _Fit(song, speech_c, path, kept, pool, float(cost))
 
     def _against_shuffled(self, item: AlignInput, fit: _Fit, song_mel: np.ndarray, v: np.ndarray,
                           words_per_minute: int) -> tuple[float, int]:

@@ -83,6 +83,8 @@ class AlignConfig:
     confidence_shuffles: int = field(8, "tts_dtw: word-shuffled copies of the lyrics its confidence compares with (each costs "
                                         "one more alignment; 0: no extra cost and a confidence that does not tell "
                                         "wrong lyrics apart: set align.min_confidence 0 with it)", le=64)
+    repeats: bool = field(True, "tts_dtw: a second path that anchors repeated blocks of lyrics (choruses) where the music "
+                                "repeats (chroma self-similarity)")
     vocal_share: float = field(0.25, "vocal-activity: share of the mix's voice-band energy in the vocal stem", le=1)
     vocal_floor_db: float = field(20.0, "vocal-activity: frames quieter than the loudest vocal frame by more are silent")
 

@@ -125,16 +125,16 @@ class AlignStage(Stage):
 def _aligner(cfg: PreprocessConfig):
     a = cfg.align
     return _cached_aligner(a.aligner, a.ctc_model, a.min_language_probability, a.ctc_device, a.min_confidence,
-                           a.confidence_shuffles)
+                           a.confidence_shuffles, a.repeats)
 
 
 @functools.lru_cache(maxsize=4)
 def _cached_aligner(name: str, ctc_model: str, min_language_probability: float, device: str, min_confidence: float,
-                    shuffles: int):
+                    shuffles: int, repeats: bool):
     # align runs as Ray tasks, one stage object per batch; the worker process lives on, and so
     # does its aligner (a CTC model is loaded once per worker, not once per song)
     return build_aligner(name, ctc_model=ctc_model, min_language_probability=min_language_probability, device=device,
-                         min_confidence=min_confidence, confidence_shuffles=shuffles)
+                         min_confidence=min_confidence, confidence_shuffles=shuffles, repeats=repeats)
 
 
 def coverage(word_onsets: np.ndarray, va: VocalActivity) -> float:

@@ -220,9 +220,10 @@ def test_real_songs_go_through_and_the_default_aligner_meets_its_targets(realdat
         errors["tts_dtw"].append(err.mean())
         errors["linear"].append(np.mean(np.abs(linear - truth)))
         within.append((err <= 0.3).mean())
-    # the targets: at most half the linear baseline's error, >= 35 % of word onsets within 0.3 s
-    assert np.mean(errors["tts_dtw"]) <= np.mean(errors["linear"]) / 2, errors
-    assert np.mean(within) >= 0.35, within
+    # the targets: mean error <= 2 s and no song over 5 s (a fifth of the linear spread's),
+    # >= 50 % of word onsets within 0.3 s
+    assert np.mean(errors["tts_dtw"]) <= min(2.0, np.mean(errors["linear"]) / 5), errors
+    assert max(errors["tts_dtw"]) <= 5.0 and np.mean(within) >= 0.5, (errors, within)
 
 
 def test_same_files_run_under_ray_job_submit(tmp_path):

@@ -48,6 +48,22 @@ def finish_alignment(lyrics: str, char_onsets: np.ndarray, duration_s: float, co
                      confidence, method)
 
 
+def char_onsets_from_words(lyrics: str, word_onsets: np.ndarray, duration_s: float) -> np.ndarray:
+    """Characters of each word spread between its onset and the next word's (words keep their onset exactly)."""
+    starts = word_starts(lyrics)
+    n = len(lyrics)
+    out = np.zeros(n, dtype=np.float64)
+    if starts.size == 0:
+        return out
+    bounds = np.append(starts, n)
+    ends = np.append(word_onsets[1:], min(duration_s, word_onsets[-1] + 0.5))
+    out[:starts[0]] = word_onsets[0]
+    for w in range(starts.size):
+        a, b = bounds[w], bounds[w + 1]
+        out[a:b] = word_onsets[w] + (np.arange(b - a) / (b - a)) * max(0.0, ends[w] - word_onsets[w])
+    return out
+
+
 class AlignerUnavailable(RuntimeError):
     """This aligner cannot align this song (missing TTS voice or weights, lyrics the song cannot hold...).
 

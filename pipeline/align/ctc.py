@@ -19,8 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.align.base import WORD_RE, Aligner, AlignerUnavailable, AlignInput, Alignment, finish_alignment, word_starts
-from pipeline.align.dtw import char_onsets_from_words
+from pipeline.align.base import (
+    WORD_RE,
+    Aligner,
+    AlignerUnavailable,
+    AlignInput,
+    Alignment,
+    char_onsets_from_words,
+    finish_alignment,
+    word_starts,
+)
 
 
 def _strip_accents(ch: str) -> str:

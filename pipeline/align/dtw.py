@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.align.base import Aligner, AlignerUnavailable, AlignInput, Alignment, finish_alignment, word_starts
+from pipeline.align.base import Aligner, AlignerUnavailable, AlignInput, Alignment, char_onsets_from_words, finish_alignment, word_starts
 from pipeline.align.tts import Espeak, Speech
 
 FEATURE_RATE = 16_000
@@ -108,22 +108,6 @@ def _viterbi(song, speech, v, line_start, line_end, opt: TTSDTWOptions, anchor_o
         anchor_ok = np.ones((line_start.size, 1), np.bool_)  # nothing anchored: never read past column 0
     return align_path(song, speech, v, line_start, line_end, opt.nonvocal_cost, opt.gap_cost, opt.gap_vocal_cost, opt.skip_cost,
                       ~anchor_ok.all(axis=1), anchor_ok, opt.anchor_cost)
-
-
-def char_onsets_from_words(lyrics: str, word_onsets: np.ndarray, duration_s: float) -> np.ndarray:
-    """Characters of each word spread between its onset and the next word's (words keep their onset exactly)."""
-    starts = word_starts(lyrics)
-    n = len(lyrics)
-    out = np.zeros(n, dtype=np.float64)
-    if starts.size == 0:
-        return out
-    bounds = np.append(starts, n)
-    ends = np.append(word_onsets[1:], min(duration_s, word_onsets[-1] + 0.5))
-    out[:starts[0]] = word_onsets[0]
-    for w in range(starts.size):
-        a, b = bounds[w], bounds[w + 1]
-        out[a:b] = word_onsets[w] + (np.arange(b - a) / (b - a)) * max(0.0, ends[w] - word_onsets[w])
-    return out
 
 
 def shuffled_words(lyrics: str, rng: np.random.Generator) -> str:
@@ -226,40 +210,17 @@ class TTSDTWAligner(Aligner):
     def _refit_on_repeats(self, item: AlignInput, stem: np.ndarray, first: _Fit, speech: Speech, song_mel: np.ndarray,
                           v: np.ndarray) -> tuple[_Fit, str]:
         """A second path with the lines of repeated blocks anchored where the music repeats, and a note."""
-        word_onsets = first.song_frames(speech.word_onsets) * first.pool * HOP / FEATURE_RATE
-        windows, report = self._repeat_anchors(item, stem, word_onsets, v,
-                                               lambda w: self._fit(song_mel, v, speech, item.duration_s, w))
-        self.repeat_report = report  # for the benchmark's diagnostics
-        if not report:
+        from pipeline.align.repeats import anchor_windows
+
+        windows, self.repeat_report = anchor_windows(
+            item.lyrics, stem.mean(axis=1) if stem.ndim == 2 else stem, item.sample_rate,
+            first.song_frames(speech.word_onsets) * first.pool * HOP / FEATURE_RATE, v, FEATURE_RATE / HOP,
+            self.opt.anchor_window_s, lambda w: self._fit(song_mel, v, speech, item.duration_s, w).cost)
+        if not self.repeat_report:
             return first, ""
-        used = sum("shift_s" in g for g in report)
-        note = f"repeated blocks anchored where the music repeats: {used} of {len(report)}"
+        used = sum("shift_s" in g for g in self.repeat_report)
+        note = f"repeated blocks anchored where the music repeats: {used} of {len(self.repeat_report)}"
         return (self._fit(song_mel, v, speech, item.duration_s, windows) if windows else first), note
-
-    def _repeat_anchors(self, item: AlignInput, stem: np.ndarray, word_onsets: np.ndarray, v: np.ndarray,
-                        fit_with) -> tuple[dict[int, list[tuple[float, float]]], list[dict]]:
-        """Windows for the lines of repeated blocks (``repeats.py``); for each block the shift of its
-        repeats whose path (``fit_with(windows)``) costs least."""
-        from pipeline.align.repeats import chroma, repeat_groups
-
-        lines = [line for line in item.lyrics.splitlines() if line.split()]
-        first = np.cumsum([0] + [len(line.split()) for line in lines])  # each line's first word
-
-        def block_end(a: int, b: int) -> float:
-            end = word_onsets[first[b + 1] - 1] + 1.0
-            return float(min(end, word_onsets[first[b + 1]])) if b + 1 < len(lines) else float(end)
-
-        mono = stem.mean(axis=1) if stem.ndim == 2 else stem
-        groups, left = repeat_groups(lines, word_onsets[first[:-1]], block_end, chroma(mono, item.sample_rate), v,
-                                     FEATURE_RATE / HOP)
-        windows: dict[int, list[tuple[float, float]]] = {}
-        report = []
-        for g in groups:
-            costs = [fit_with(g.windows(shift, self.opt.anchor_window_s)).cost for shift in g.shifts] if len(g.shifts) > 1 else [0.0]
-            shift = g.shifts[int(np.argmin(costs))]
-            windows.update(g.windows(shift, self.opt.anchor_window_s))
-            report.append({**g.info, "shift_s": round(shift, 2), "shifts_tried": [round(x, 2) for x in g.shifts]})
-        return windows, report + left
 
     def _fit(self, song_mel: np.ndarray, v: np.ndarray, speech: Speech, duration_s: float,
              anchors: dict[int, list[tuple[float, float]]] | None = None) -> _Fit:

@@ -202,3 +202,26 @@ def repeat_groups(lines: list[str], line_starts_s: np.ndarray, block_ends_s, chr
                                   {"copies": copies, "lines": length, "trusted": copies[r], "z": round(z, 2),
                                    "strength": round(strength, 3), "repeats_s": [round(float(x), 1) for x in pos_s]}))
     return groups, left
+
+
+def anchor_windows(lyrics: str, stem: np.ndarray, sample_rate: int, word_onsets: np.ndarray, vocalness: np.ndarray,
+                   vocal_rate: float, window_s: float, path_cost) -> tuple[dict[int, list[tuple[float, float]]], list[dict]]:
+    """Windows for the lines (index among the non-empty lines) of every repeated block whose music
+    clearly repeats, each block at the shift whose path costs least (``path_cost(windows)``);
+    and a report per block. ``word_onsets``: the first path's, seconds."""
+    lines = [line for line in lyrics.splitlines() if line.split()]
+    first = np.cumsum([0] + [len(line.split()) for line in lines])  # each line's first word
+
+    def block_end(a: int, b: int) -> float:
+        end = word_onsets[first[b + 1] - 1] + 1.0
+        return float(min(end, word_onsets[first[b + 1]])) if b + 1 < len(lines) else float(end)
+
+    groups, left = repeat_groups(lines, word_onsets[first[:-1]], block_end, chroma(stem, sample_rate), vocalness, vocal_rate)
+    windows: dict[int, list[tuple[float, float]]] = {}
+    report = []
+    for g in groups:
+        costs = [path_cost(g.windows(shift, window_s)) for shift in g.shifts] if len(g.shifts) > 1 else [0.0]
+        shift = g.shifts[int(np.argmin(costs))]
+        windows.update(g.windows(shift, window_s))
+        report.append({**g.info, "shift_s": round(shift, 2), "shifts_tried": [round(x, 2) for x in g.shifts]})
+    return windows, report + left

@@ -5,7 +5,8 @@ import pytest
 from speech_songs import speech_song
 
 from pipeline.align import AlignerUnavailable, AlignInput, build_aligner, low_confidence_fallback
-from pipeline.align.dtw import TTSDTWAligner, char_onsets_from_words, shuffled_words
+from pipeline.align.base import char_onsets_from_words
+from pipeline.align.dtw import TTSDTWAligner, shuffled_words
 from pipeline.separate import build_separator
 from pipeline.separate.activity import detect_vocal_activity
 

@@ -33,7 +33,7 @@ itself (on the three shared songs, another song's lyrics scored 0.37-0.45 and th
 words shuffled (the same words, lines and speech rate; only the order, which is what the
 singing follows, is lost), and measures how many of their standard deviations the real
 lyrics' path agrees better than theirs. On the three shared songs (``bench/bench_alignment.py``):
-own lyrics z = +3.2 to +16.2, another song's -5.7 to +0.3. ``confidence = clip(z / 4, 0, 1)``,
+own lyrics z = +3.2 to +19.4, another song's -5.7 to +0.6. ``confidence = clip(z / 4, 0, 1)``,
 so 0.5 means two standard deviations.
 """
 
@@ -44,10 +44,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.align.base import Aligner, AlignerUnavailable, AlignInput, Alignment, char_onsets_from_words, finish_alignment, word_starts
+from pipeline.align.features import FEATURE_RATE, HOP, cepstra, mel, vocalness
 from pipeline.align.tts import Espeak, Speech
 
-FEATURE_RATE = 16_000
-HOP = 320  # 20 ms frames
 _CELL_BUDGET = 200_000_000  # synthetic x song frames; above it frames are pooled (memory of the back-pointers)
 
 
@@ -76,31 +75,6 @@ class TTSDTWOptions:
     anchor_window_s: float = 1.0
 
 
-def _mel(x: np.ndarray, sample_rate: int) -> np.ndarray:
-    import librosa
-
-    y = librosa.resample(np.ascontiguousarray(x, dtype=np.float32), orig_sr=sample_rate, target_sr=FEATURE_RATE, res_type="soxr_hq")
-    return librosa.feature.melspectrogram(y=y, sr=FEATURE_RATE, n_fft=1024, hop_length=HOP, n_mels=40, fmin=80, fmax=7600)
-
-
-def _cepstra(mel: np.ndarray, n_mfcc: int, weight_frames: np.ndarray | None = None) -> np.ndarray:
-    import librosa
-
-    c = librosa.feature.mfcc(S=librosa.power_to_db(mel), n_mfcc=n_mfcc)[1:]
-    ref = c[:, weight_frames] if weight_frames is not None and weight_frames.sum() > 10 else c
-    c = (c - ref.mean(axis=1, keepdims=True)) / (ref.std(axis=1, keepdims=True) + 1e-6)
-    return (c / (np.linalg.norm(c, axis=0, keepdims=True) + 1e-9)).astype(np.float32)
-
-
-def vocalness(vocal_mel: np.ndarray, quantiles: tuple[float, float], smooth_frames: int) -> np.ndarray:
-    """Soft 0..1 singing score per frame from the vocal stem's loudness."""
-    import scipy.ndimage as ndi
-
-    loud = ndi.uniform_filter1d(np.log(vocal_mel.sum(axis=0) + 1e-10), max(1, smooth_frames))
-    lo, hi = np.quantile(loud, quantiles)
-    return np.clip((loud - lo) / (hi - lo + 1e-9), 0.0, 1.0).astype(np.float32)
-
-
 def _viterbi(song, speech, v, line_start, line_end, opt: TTSDTWOptions, anchor_ok: np.ndarray | None = None):
     from pipeline.align._dtw_kernel import align_path  # numba: compiled on first use, cached on disk
 
@@ -124,25 +98,51 @@ def shuffled_words(lyrics: str, rng: np.random.Generator) -> str:
 
 
 @dataclass
-class _Fit:
-    song: np.ndarray  # (d, song frames) normalised cepstra
+class _Problem:
+    """One speech against one song: the features and line structure every path between them shares."""
+
+    song: np.ndarray  # (d, song frames) normalised cepstra, pooled
+    v: np.ndarray  # vocalness per pooled song frame
     speech: np.ndarray  # (d, kept speech frames)
-    path: np.ndarray  # per song frame: the speech frame it is matched to, -1 in a gap
     kept: np.ndarray  # speech frame of each kept frame
     pool: int  # song frames pooled into one
-    cost: float = 0.0  # of the path
+    lines: np.ndarray  # the non-empty lines that have kept frames
+    line_start: np.ndarray  # first and last kept frame of each of them
+    line_end: np.ndarray
+
+
+@dataclass
+class _Fit:
+    problem: _Problem
+    path: np.ndarray  # per song frame: the speech frame it is matched to, -1 in a gap
+    cost: float  # of the path
 
     def agreement(self) -> float:
         """Mean cosine similarity of the matched song and speech frames."""
         j = np.flatnonzero(self.path >= 0)
-        return float(np.einsum("dk,dk->k", self.song[:, j], self.speech[:, self.path[j]]).mean()) if j.size else 0.0
+        p = self.problem
+        return float(np.einsum("dk,dk->k", p.song[:, j], p.speech[:, self.path[j]]).mean()) if j.size else 0.0
 
-    def song_frames(self, onsets_s: np.ndarray) -> np.ndarray:
-        """Speech times -> the first song frame whose path reaches them."""
+    def against_random(self) -> float:
+        """How much better the matched frames agree than random pairs (0 = no better, 1 = identical)."""
+        j = np.flatnonzero(self.path >= 0)
+        if j.size < 10:
+            return 0.0
+        song, speech = self.problem.song, self.problem.speech
+        matched = 1.0 - np.einsum("dk,dk->k", song[:, j], speech[:, self.path[j]])
+        rng = np.random.default_rng(0)
+        rj, ri = rng.choice(j, 4000), rng.integers(0, speech.shape[1], 4000)
+        null = 1.0 - np.einsum("dk,dk->k", song[:, rj], speech[:, ri])
+        return float(np.clip(1.0 - matched.mean() / max(null.mean(), 1e-6), 0.0, 1.0))
+
+    def song_seconds(self, onsets_s: np.ndarray) -> np.ndarray:
+        """Speech times -> the time of the first song frame whose path reaches them."""
         # onset in speech frames -> first kept frame at/after it -> first song frame that reaches it
-        frame = np.minimum(np.searchsorted(self.kept, np.ceil(onsets_s * FEATURE_RATE / HOP)), self.kept.size - 1)
+        kept = self.problem.kept
+        frame = np.minimum(np.searchsorted(kept, np.ceil(onsets_s * FEATURE_RATE / HOP)), kept.size - 1)
         reached = np.maximum.accumulate(self.path)
-        return np.minimum(np.searchsorted(reached, frame, side="left"), self.path.size - 1)
+        frames = np.minimum(np.searchsorted(reached, frame, side="left"), self.path.size - 1)
+        return frames * self.problem.pool * HOP / FEATURE_RATE
 
 
 class TTSDTWAligner(Aligner):
@@ -183,18 +183,20 @@ class TTSDTWAligner(Aligner):
         stem = item.vocals if item.vocals is not None else item.mix
         if stem is None:
             raise AlignmentFailed("the TTS+DTW aligner needs the vocal stem or the mix")
-        vocal_mel = _mel(stem.mean(axis=1) if stem.ndim == 2 else stem, item.sample_rate)
+        mono = stem.mean(axis=1) if stem.ndim == 2 else stem
+        vocal_mel = mel(mono, item.sample_rate)
         v = vocalness(vocal_mel, opt.vocal_quantiles, int(round(opt.smooth_s * FEATURE_RATE / HOP)))
         if opt.features == "mix" and item.mix is not None:
-            song_mel = _mel(item.mix.mean(axis=1), item.sample_rate)[:, :v.size]
+            song_mel = mel(item.mix.mean(axis=1), item.sample_rate)[:, :v.size]
         else:
             song_mel = vocal_mel
         speech, wpm = self._speech(item, float(v.sum()) * HOP / FEATURE_RATE)
-        first = self._fit(song_mel, v, speech, item.duration_s)
+        problem = self._prepare(song_mel, v, speech, item.duration_s)
+        first = self._solve(problem)
         fit, repeats_note = first, ""
         if opt.repeats:
-            fit, repeats_note = self._refit_on_repeats(item, stem, first, speech, song_mel, v)
-        word_onsets = fit.song_frames(speech.word_onsets) * fit.pool * HOP / FEATURE_RATE
+            fit, repeats_note = self._refit_on_repeats(item, mono, problem, first, speech.word_onsets, v)
+        word_onsets = fit.song_seconds(speech.word_onsets)
         chars = char_onsets_from_words(item.lyrics, word_onsets, item.duration_s)
         out = finish_alignment(item.lyrics, chars, item.duration_s, 0.0, self.name)
         # the confidence compares first paths: the shuffled copies have no repeated lines to anchor
@@ -203,39 +205,35 @@ class TTSDTWAligner(Aligner):
             out.confidence = float(np.clip(z / opt.confidence_z, 0.0, 1.0))
             out.notes = f"lyrics vs {nulls} word-shuffled copies: z = {z:+.1f}"
         else:
-            out.confidence = self._confidence(first.song, first.speech, first.path)
+            out.confidence = first.against_random()
         out.notes = "; ".join(x for x in (out.notes, repeats_note) if x)
         return out
 
-    def _refit_on_repeats(self, item: AlignInput, stem: np.ndarray, first: _Fit, speech: Speech, song_mel: np.ndarray,
+    def _refit_on_repeats(self, item: AlignInput, mono: np.ndarray, problem: _Problem, first: _Fit, speech_onsets: np.ndarray,
                           v: np.ndarray) -> tuple[_Fit, str]:
         """A second path with the lines of repeated blocks anchored where the music repeats, and a note."""
         from pipeline.align.repeats import anchor_windows
 
         windows, self.repeat_report = anchor_windows(
-            item.lyrics, stem.mean(axis=1) if stem.ndim == 2 else stem, item.sample_rate,
-            first.song_frames(speech.word_onsets) * first.pool * HOP / FEATURE_RATE, v, FEATURE_RATE / HOP,
-            self.opt.anchor_window_s, lambda w: self._fit(song_mel, v, speech, item.duration_s, w).cost)
+            item.lyrics, mono, item.sample_rate, first.song_seconds(speech_onsets), v, FEATURE_RATE / HOP,
+            self.opt.anchor_window_s, lambda w: self._solve(problem, w).cost)
         if not self.repeat_report:
             return first, ""
         used = sum("shift_s" in g for g in self.repeat_report)
         note = f"repeated blocks anchored where the music repeats: {used} of {len(self.repeat_report)}"
-        return (self._fit(song_mel, v, speech, item.duration_s, windows) if windows else first), note
+        return (self._solve(problem, windows) if windows else first), note
 
-    def _fit(self, song_mel: np.ndarray, v: np.ndarray, speech: Speech, duration_s: float,
-             anchors: dict[int, list[tuple[float, float]]] | None = None) -> _Fit:
-        """The best monotonic path of the speech's frames through the song's; ``anchors``: for some
-        lines (index among the non-empty lines), the spans of song seconds where each may start."""
+    def _prepare(self, song_mel: np.ndarray, v: np.ndarray, speech: Speech, duration_s: float) -> _Problem:
+        """The features and line structure of a speech against the song, for any number of paths."""
         opt = self.opt
-        speech_mel = _mel(speech.samples, speech.sample_rate)
+        speech_mel = mel(speech.samples, speech.sample_rate)
         loud = 10 * np.log10(speech_mel.sum(axis=0) + 1e-12)
         kept = np.flatnonzero(loud > loud.max() - opt.silence_db)
         # pool frames when the back-pointer table would be too large (very long songs)
         pool = int(np.ceil(np.sqrt(kept.size * v.size / _CELL_BUDGET)))
-        song = _cepstra(song_mel, opt.n_mfcc, v > 0.5)[:, ::pool]
-        vv = v[::pool]
+        song = cepstra(song_mel, opt.n_mfcc, v > 0.5)[:, ::pool]
         kept = kept[::pool]
-        speech_c = _cepstra(speech_mel, opt.n_mfcc)[:, kept]
+        speech_c = cepstra(speech_mel, opt.n_mfcc)[:, kept]
         # espeak-ng's fastest speech is about as fast as anyone raps: lyrics that need longer than the song are not its lyrics
         if kept.size > song.shape[1]:
             raise AlignmentFailed(f"the lyrics need {kept.size * HOP * pool / FEATURE_RATE:.0f} s of speech even at "
@@ -246,18 +244,24 @@ class TTSDTWAligner(Aligner):
         lines = np.unique(line_of)
         line_start = np.array([np.flatnonzero(line_of == k)[0] for k in lines], dtype=np.int64)
         line_end = np.array([np.flatnonzero(line_of == k)[-1] for k in lines], dtype=np.int64)
+        return _Problem(song, v[::pool], speech_c, kept, pool, lines, line_start, line_end)
+
+    def _solve(self, p: _Problem, anchors: dict[int, list[tuple[float, float]]] | None = None) -> _Fit:
+        """The best monotonic path of the speech's frames through the song's; ``anchors``: for some
+        lines (index among the non-empty lines), the spans of song seconds where each may start."""
         ok = None
         if anchors:
-            ok = np.ones((lines.size, song.shape[1]), np.bool_)
-            for row, k in enumerate(lines):
+            ok = np.ones((p.lines.size, p.song.shape[1]), np.bool_)
+            frames_per_s = FEATURE_RATE / HOP / p.pool
+            for row, k in enumerate(p.lines):
                 if k in anchors:
                     ok[row] = False
                     for lo, hi in anchors[k]:
-                        ok[row, max(0, int(lo * FEATURE_RATE / HOP / pool)):max(0, int(np.ceil(hi * FEATURE_RATE / HOP / pool)) + 1)] = True
-        path, cost = _viterbi(song, speech_c, vv, line_start, line_end, opt, ok)
+                        ok[row, max(0, int(lo * frames_per_s)):max(0, int(np.ceil(hi * frames_per_s)) + 1)] = True
+        path, cost = _viterbi(p.song, p.speech, p.v, p.line_start, p.line_end, self.opt, ok)
         if not np.isfinite(cost):
             raise AlignmentFailed("no monotonic alignment")
-        return _Fit(song, speech_c, path, kept, pool, float(cost))
+        return _Fit(p, path, float(cost))
 
     def _against_shuffled(self, item: AlignInput, fit: _Fit, song_mel: np.ndarray, v: np.ndarray,
                           words_per_minute: int) -> tuple[float, int]:
@@ -270,22 +274,10 @@ class TTSDTWAligner(Aligner):
         for _ in range(self.opt.null_shuffles):
             speech = self.tts.synthesize(shuffled_words(item.lyrics, rng), item.language, self.opt.line_pause_s, words_per_minute)
             try:
-                nulls.append(self._fit(song_mel, v, speech, item.duration_s).agreement())
+                nulls.append(self._solve(self._prepare(song_mel, v, speech, item.duration_s)).agreement())
             except AlignmentFailed:
                 continue  # a shuffle that cannot fit says nothing either way
         if len(nulls) < 2:
             return 0.0, len(nulls)
         spread = max(float(np.std(nulls)), 1e-3)  # a floor: eight nearly equal nulls must not make any gain infinite
         return (fit.agreement() - float(np.mean(nulls))) / spread, len(nulls)
-
-    @staticmethod
-    def _confidence(song: np.ndarray, speech: np.ndarray, path: np.ndarray) -> float:
-        """How much better the matched frames agree than random pairs (0 = no better, 1 = identical)."""
-        j = np.flatnonzero(path >= 0)
-        if j.size < 10:
-            return 0.0
-        matched = 1.0 - np.einsum("dk,dk->k", song[:, j], speech[:, path[j]])
-        rng = np.random.default_rng(0)
-        rj, ri = rng.choice(j, 4000), rng.integers(0, speech.shape[1], 4000)
-        null = 1.0 - np.einsum("dk,dk->k", song[:, rj], speech[:, ri])
-        return float(np.clip(1.0 - matched.mean() / max(null.mean(), 1e-6), 0.0, 1.0))

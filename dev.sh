@@ -28,6 +28,7 @@ setup() {
     rm -f .venv/.installed-* && touch "$stamp"
   fi
   TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.venv/torch_extensions}" infra/install.sh deepspeed-ops .venv/bin/python
+  infra/install.sh numba-caches .venv/bin/python
 }
 
 setup_spleeter() {

@@ -6,6 +6,7 @@
 #                                             and with --test also chromium and postgresql (the tests')
 #   infra/install.sh project PYTHON EXTRAS    torch, then this project with its EXTRAS (dev, server),
 #                                             into PYTHON's environment; DeepSpeed's CPU ops built there
+#   infra/install.sh numba-caches PYTHON      librosa's compiled kernels, built once in one process
 #   infra/install.sh spleeter FOLDER          the Spleeter environment (TensorFlow 2.12) at FOLDER
 #
 # TORCH_INDEX_URL picks the torch build (default: PyPI, the CPU build on a machine without CUDA;
@@ -45,6 +46,7 @@ project() {
   "$python" -m pip install -q ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==$TORCH_VERSION"
   "$python" -m pip install -q -e "$here${extras:+[$extras]}"
   deepspeed_ops "$python"
+  numba_caches "$python"
 }
 
 # DeepSpeed JIT-compiles its CPU Adam (ZeRO-Offload) and its shared-memory collectives (every CPU
@@ -59,6 +61,24 @@ deepspeed_ops() {
   compgen -G "$TORCH_EXTENSIONS_DIR/deepspeed_shm_comm/*.so" >/dev/null ||
     DS_ACCELERATOR=cpu "$python" -c "from deepspeed.accelerator import get_accelerator as a
 a().create_op_builder('ShareMemCommBuilder').load(verbose=False)" >/dev/null
+}
+
+# librosa compiles its numba gufuncs on its first import and caches them beside its code. Ray workers
+# importing it at the same moment in a new environment race on that cache (numba issue 10128) and can
+# leave it corrupt, after which every call into it (chroma's tuning estimate, peak picking) kills
+# the process with SIGSEGV. So they are compiled here, in one process; a cache that fails the check
+# (left corrupt by such a race earlier) is deleted and built again.
+numba_caches() {
+  local python="$1" check='import numpy as np, librosa
+y = np.random.default_rng(0).standard_normal(22050).astype(np.float32)
+librosa.estimate_tuning(y=y, sr=22050); librosa.zero_crossings(y); librosa.util.localmin(y)
+librosa.util.peak_pick(y, pre_max=3, post_max=3, pre_avg=3, post_avg=3, delta=0.1, wait=1)'
+  # the subshell keeps bash's "Segmentation fault" line off the console
+  ( "$python" -c "$check" >/dev/null; exit $? ) 2>/dev/null && return
+  echo "librosa's numba cache failed its check: rebuilding it" >&2
+  find "$("$python" -c "import importlib.util as u; print(u.find_spec('librosa').submodule_search_locations[0])")" \
+    -name '*.nb[ic]' -delete
+  "$python" -c "$check"
 }
 
 # Spleeter pins TensorFlow 2.12, numpy<2 and pandas<2, which clash with torch/ray/mlflow: it gets
@@ -79,5 +99,6 @@ case "${1:-}" in
   project) shift; project "$@" ;;
   spleeter) shift; spleeter "$@" ;;
   deepspeed-ops) shift; deepspeed_ops "$@" ;;
-  *) sed -n '2,13p' "$0"; exit 2 ;;
+  numba-caches) shift; numba_caches "$@" ;;
+  *) sed -n '2,14p' "$0"; exit 2 ;;
 esac

@@ -93,7 +93,10 @@ def chroma(stem: np.ndarray, sample_rate: int) -> np.ndarray:
 
     sr = 22050
     y = librosa.resample(np.ascontiguousarray(stem, dtype=np.float32), orig_sr=sample_rate, target_sr=sr, res_type="soxr_hq")
-    c = librosa.feature.chroma_stft(y=y, sr=sr, hop_length=sr // CHROMA_RATE, n_fft=4096)
+    # tuning 0: a song is compared only with itself, so a detuned recording shifts every frame alike;
+    # and the tuning estimate runs librosa's cached numba gufuncs, which a new environment's workers
+    # can corrupt by compiling them at once (infra/install.sh numba-caches)
+    c = librosa.feature.chroma_stft(y=y, sr=sr, hop_length=sr // CHROMA_RATE, n_fft=4096, tuning=0.0)
     return (c / (np.linalg.norm(c, axis=0, keepdims=True) + 1e-9)).astype(np.float32)
 
 
@@ -135,12 +138,12 @@ class RepeatGroup:
 
 
 def repeat_groups(lines: list[str], line_starts_s: np.ndarray, block_ends_s, chroma_frames: np.ndarray,
-                  vocalness: np.ndarray, vocal_rate: float, min_z: float = 3.0,
-                  max_shifts: int = 3) -> tuple[list[RepeatGroup], list[dict]]:
+                  vocalness: np.ndarray, vocal_rate: float, min_z: float = 3.0, max_shifts: int = 3,
+                  blocks: list[tuple[int, list[int]]] | None = None) -> tuple[list[RepeatGroup], list[dict]]:
     """The repeated blocks whose music clearly recurs, from a first path's line starts; and why the others were left.
 
     ``block_ends_s(first, last)``: where the first path ends the lines first..last (seconds).
-    ``vocalness``: 0..1 per frame at ``vocal_rate`` frames a second.
+    ``vocalness``: 0..1 per frame at ``vocal_rate`` frames a second. ``blocks``: ``repeated_blocks(lines)``.
     """
     pool = -(-chroma_frames.shape[1] // MAX_FRAMES)
     if pool > 1:  # a long song: average ``pool`` frames (a 40-minute song is compared at 2.5 frames a second)
@@ -156,7 +159,7 @@ def repeat_groups(lines: list[str], line_starts_s: np.ndarray, block_ends_s, chr
         a, b = int(f / rate * vocal_rate), int((f + n) / rate * vocal_rate)
         return float(vocalness[a:max(b, a + 1)].mean()) if a < vocalness.size else 0.0
 
-    for length, copies in repeated_blocks(lines):
+    for length, copies in repeated_blocks(lines) if blocks is None else blocks:
         starts = np.array([line_starts_s[c] for c in copies])
         spans = np.array([block_ends_s(c, c + length - 1) for c in copies]) - starts
         n = max(2, int(round(np.clip(np.median(spans), 2.0, 30.0) * rate)))
@@ -216,7 +219,11 @@ def anchor_windows(lyrics: str, stem: np.ndarray, sample_rate: int, word_onsets:
         end = word_onsets[first[b + 1] - 1] + 1.0
         return float(min(end, word_onsets[first[b + 1]])) if b + 1 < len(lines) else float(end)
 
-    groups, left = repeat_groups(lines, word_onsets[first[:-1]], block_end, chroma(stem, sample_rate), vocalness, vocal_rate)
+    blocks = repeated_blocks(lines)
+    if not blocks:  # nothing repeats in the lyrics: no chroma to compute
+        return {}, []
+    groups, left = repeat_groups(lines, word_onsets[first[:-1]], block_end, chroma(stem, sample_rate), vocalness, vocal_rate,
+                                 blocks=blocks)
     windows: dict[int, list[tuple[float, float]]] = {}
     report = []
     for g in groups:

@@ -7,7 +7,7 @@ from speech_songs import speech_song
 from pipeline.align import AlignInput
 from pipeline.align._dtw_kernel import align_path
 from pipeline.align.dtw import TTSDTWAligner, TTSDTWOptions
-from pipeline.align.repeats import CHROMA_RATE, repeat_groups, repeated_blocks
+from pipeline.align.repeats import CHROMA_RATE, chroma, repeat_groups, repeated_blocks
 from pipeline.separate import build_separator
 from pipeline.separate.activity import detect_vocal_activity
 
@@ -133,3 +133,17 @@ def test_a_long_song_is_compared_on_pooled_frames():
     groups, left = repeat_groups(LYRICS, starts, block_end, chroma, np.ones(1500 * 50), 50.0)
     assert left == [] and len(groups) == 1
     np.testing.assert_allclose(groups[0].positions, [t / CHROMA_RATE for t in truth], atol=0.31)
+
+
+def test_chroma_never_runs_the_tuning_estimate(monkeypatch):
+    """The tuning estimate runs librosa's cached numba gufuncs, which Ray workers of a new
+    environment can corrupt by compiling them at once (then every call is a SIGSEGV)."""
+    import librosa.feature.spectral
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("chroma estimated the tuning")
+
+    monkeypatch.setattr(librosa.feature.spectral, "estimate_tuning", refuse)
+    t = np.arange(44100 * 2) / 44100
+    c = chroma(np.sin(2 * np.pi * 440.0 * t).astype(np.float32), 44100)  # A4
+    assert c.shape == (12, 2 * CHROMA_RATE + 1) and np.argmax(c[:, CHROMA_RATE]) == 9

@@ -3,11 +3,17 @@
 batch of rows (an Arrow table) to another. A row that fails keeps flowing with
 ``status="quarantined"``, the failing stage and the reason, so nothing is lost; later
 stages pass it through.
+
+A row that kills its worker process instead (a crash in native code, the kernel's OOM killer)
+raises nothing to catch: Ray retries the task for ever. With a ``crash_dir``, each row leaves a
+mark there while it is processed; a mark left by ``MAX_WORKER_DEATHS`` dead workers quarantines
+the row on the next try instead of processing it again.
 """
 
 from __future__ import annotations
 
 import traceback
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -19,6 +25,8 @@ import pyarrow as pa
 #   again (a missing file is an "input" one: its fingerprint changes when it appears);
 # - "internal": a bug of ours: tried again (after the fix).
 TRANSIENT_ERRORS = (OSError,)
+# The first death may be the node's (lost, preempted): a row is blamed from the second on.
+MAX_WORKER_DEATHS = 2
 
 
 class RowStage:
@@ -32,8 +40,9 @@ class RowStage:
     outputs: ClassVar[dict[str, Any]] = {}  # columns this stage adds, with the value a failed row gets
     input_errors: ClassVar[tuple[type[BaseException], ...]] = (ValueError,)  # what makes an "input" failure
 
-    def __init__(self) -> None:
+    def __init__(self, crash_dir: str | None = None) -> None:
         self._ready = False
+        self.crash_dir = crash_dir  # a folder every worker sees (the run's staging folder), or None
 
     def resources(self) -> dict[str, float]:
         """What one worker of this stage reserves (Ray's ``num_cpus`` / ``num_gpus``)."""
@@ -52,21 +61,49 @@ class RowStage:
         rows = batch.to_pylist()
         for row in rows:
             if row["status"] == "ok":
-                try:
-                    row.update(self.process_row(row))
-                except self.input_errors as exc:
-                    quarantine(row, self.name, str(exc), "input")
-                except TRANSIENT_ERRORS as exc:
-                    quarantine(row, self.name, str(exc), "transient")
-                except ValueError as exc:
-                    quarantine(row, self.name, str(exc), "input")
-                except Exception as exc:  # noqa: BLE001 - one bad song must not end a corpus run
-                    where = traceback.extract_tb(exc.__traceback__)[-1]
-                    quarantine(row, self.name, f"internal error {type(exc).__name__}: {exc} "
-                                               f"(at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})", "internal")
+                self._process(row)
             for column, default in self.outputs.items():
                 row.setdefault(column, default)
         return pa.Table.from_pylist(rows)
+
+    def _process(self, row: dict[str, Any]) -> None:
+        mark = self._mark(row)
+        deaths = _deaths(mark)
+        if deaths >= MAX_WORKER_DEATHS:
+            quarantine(row, self.name, f"its worker process died {deaths} times processing it (a crash in native code, "
+                                       "or out of memory); the Ray worker logs have the stack", "internal")
+            return
+        if mark is not None:
+            mark.write_text(str(deaths + 1))
+        try:
+            row.update(self.process_row(row))
+        except self.input_errors as exc:
+            quarantine(row, self.name, str(exc), "input")
+        except TRANSIENT_ERRORS as exc:
+            quarantine(row, self.name, str(exc), "transient")
+        except ValueError as exc:
+            quarantine(row, self.name, str(exc), "input")
+        except Exception as exc:  # noqa: BLE001 - one bad song must not end a corpus run
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            quarantine(row, self.name, f"internal error {type(exc).__name__}: {exc} "
+                                       f"(at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})", "internal")
+        if mark is not None:
+            mark.unlink(missing_ok=True)
+
+    def _mark(self, row: dict[str, Any]) -> Path | None:
+        if self.crash_dir is None:
+            return None
+        return Path(self.crash_dir) / f"{self.name}-{row['input_index']}"
+
+
+def _deaths(mark: Path | None) -> int:
+    """How many workers died with this row in hand (the count its mark holds)."""
+    try:
+        return int(mark.read_text() or 1) if mark is not None else 0
+    except FileNotFoundError:
+        return 0
+    except ValueError:  # a worker died while writing the count
+        return 1
 
 
 def quarantine(row: dict[str, Any], stage: str, error: str, kind: str) -> None:

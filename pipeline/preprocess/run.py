@@ -75,14 +75,15 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def _run_task_stage(batch: pa.Table, stage_cls: type[Stage], cfg: PreprocessConfig) -> pa.Table:
-    return stage_cls(cfg)(batch)
+def _run_task_stage(batch: pa.Table, stage_cls: type[Stage], cfg: PreprocessConfig, crash_dir: str | None) -> pa.Table:
+    return stage_cls(cfg, crash_dir=crash_dir)(batch)
 
 
-def apply_stage(ds, stage_cls: type[Stage], cfg: PreprocessConfig, actors: int = 1, choice=None):
+def apply_stage(ds, stage_cls: type[Stage], cfg: PreprocessConfig, actors: int = 1, choice=None, crash_dir: str | None = None):
     """A stage onto a Ray Dataset: actor pool if its setup is expensive, else tasks.
 
     The separation pool runs in the Spleeter environment's interpreter when Spleeter is chosen.
+    ``crash_dir``: where rows leave their marks, so that one that kills its workers is quarantined.
     """
     import ray
 
@@ -91,9 +92,9 @@ def apply_stage(ds, stage_cls: type[Stage], cfg: PreprocessConfig, actors: int =
         common["num_cpus"] = cfg.separate.cpus_per_actor
         if choice is not None and choice.runtime_env:
             common["runtime_env"] = choice.runtime_env
-        return ds.map_batches(stage_cls, fn_constructor_kwargs={"cfg": cfg, "choice": choice},
+        return ds.map_batches(stage_cls, fn_constructor_kwargs={"cfg": cfg, "choice": choice, "crash_dir": crash_dir},
                               compute=ray.data.ActorPoolStrategy(min_size=actors, max_size=actors), **common)
-    return ds.map_batches(_run_task_stage, fn_kwargs={"stage_cls": stage_cls, "cfg": cfg}, **common)
+    return ds.map_batches(_run_task_stage, fn_kwargs={"stage_cls": stage_cls, "cfg": cfg, "crash_dir": crash_dir}, **common)
 
 
 def _write_batch(batch: pa.Table, out: str, run_id: str, layout: dict[str, Any]) -> pa.Table:
@@ -186,8 +187,10 @@ def run_preprocess(cfg: PreprocessConfig) -> dict[str, Any]:
 
 def build_pipeline(ds, cfg: PreprocessConfig, out: Path, run_id: str, actors: int, choice, layout: dict[str, Any]):
     """decode -> separate -> align -> write, as one streaming Ray Dataset."""
+    crash_dir = out / shards.STAGING / f"{run_id}-in-hand"  # removed with the staging folder
+    crash_dir.mkdir(parents=True, exist_ok=True)
     for stage_cls in PIPELINE:
-        ds = apply_stage(ds, stage_cls, cfg, actors, choice)
+        ds = apply_stage(ds, stage_cls, cfg, actors, choice, str(crash_dir))
     return ds.map_batches(_write_batch, batch_size=cfg.shards.songs_per_shard, batch_format="pyarrow",
                           fn_kwargs={"out": str(out), "run_id": run_id, "layout": layout}, num_cpus=1)
 

@@ -28,8 +28,8 @@ class Stage(RowStage):
 
     input_errors = INPUT_ERRORS
 
-    def __init__(self, cfg: PreprocessConfig):
-        super().__init__()
+    def __init__(self, cfg: PreprocessConfig, crash_dir: str | None = None):
+        super().__init__(crash_dir)
         self.cfg = cfg
 
 
@@ -66,8 +66,8 @@ class SeparateStage(Stage):
     outputs = {"vocals": b"", "vocal_activity": b"", "vocal_activity_hop_s": 0.0, "vocal_activity_ratio": 0.0,
                "separator": "", "separator_version": ""}
 
-    def __init__(self, cfg: PreprocessConfig, choice=None):
-        super().__init__(cfg)
+    def __init__(self, cfg: PreprocessConfig, choice=None, crash_dir: str | None = None):
+        super().__init__(cfg, crash_dir)
         self.choice = choice  # SeparatorChoice, resolved and checked by the driver
 
     def setup(self) -> None:

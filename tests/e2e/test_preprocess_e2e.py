@@ -137,6 +137,24 @@ def test_new_inputs_in_a_rerun_are_the_only_work(broken_run, tmp_path):
     assert summary["vocab_version"] == 2 and summary["songs_total"] == len(table(out, "songs"))
 
 
+def test_a_song_that_kills_its_worker_is_quarantined_and_the_run_completes(tmp_path):
+    """Ray retries a task whose worker died for ever; the stage's marks stop that at the second death."""
+    from pipeline.demo_corpus import make_demo_corpus
+
+    manifest = make_demo_corpus(tmp_path / "corpus", songs=3, seconds=6.0, seed=7)
+    manifest.write_text(manifest.read_text().replace("Demo song 2", "Kills its worker"), encoding="utf-8")
+    out = tmp_path / "out"
+    hook = str(Path(__file__).parent / "crash_hook")
+    proc = run_job("--input", str(manifest), "--output", str(out), "--mlflow_tracking_uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                   env={"PYTHONPATH": os.pathsep.join(filter(None, [hook, os.environ.get("PYTHONPATH")]))}, timeout=300)
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["ok"], summary["quarantined"]) == (2, 1), proc.stdout[-3000:]
+    [bad] = table(out, "quarantine")
+    assert Path(bad["source"]).stem == "demo_02" and bad["stage"] == "align" and bad["error_kind"] == "internal", bad
+    assert "worker process died 2 times" in bad["error"]
+    assert not (out / shards.STAGING).exists()  # the marks went with the staging folder
+
+
 def test_killed_run_leaves_no_partial_shard_and_rerun_completes(tmp_path):
     from pipeline.demo_corpus import make_demo_corpus
 

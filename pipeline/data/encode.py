@@ -10,6 +10,7 @@ each song as it arrives, so a killed run resumes with the songs left; when all a
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from pipeline.data import code_cache
 from pipeline.data.shards import SONGS, read_table
 from pipeline.data.stage import RowStage
 from pipeline.data.vocab import artist_id, genre_ids, latest_vocab
+
+IN_HAND = ".in-hand"  # the encoders' marks of the songs in their hands, while a cache is built
 
 
 @dataclass
@@ -39,10 +42,11 @@ class EncodeStage(RowStage):
 
     name = "encode"
     uses_actors = True
+    row_key = "song_id"  # the cache key
     outputs = {"codes": [], "stage": "", "error": "", "error_kind": ""}
 
-    def __init__(self, vqvae_uri: str, tracking_uri: str, shards: str, settings: EncodeSettings):
-        super().__init__()
+    def __init__(self, vqvae_uri: str, tracking_uri: str, shards: str, settings: EncodeSettings, crash_dir: str | None = None):
+        super().__init__(crash_dir)
         self.vqvae_uri, self.tracking_uri, self.shards, self.settings = vqvae_uri, tracking_uri, shards, settings
 
     def resources(self) -> dict[str, float]:
@@ -116,7 +120,7 @@ def get_or_build(shards: str | Path, vqvae, tracking_uri: str, settings: EncodeS
     quarantined, last_line = 0, time.time()
     if todo:
         print(f"code cache {folder.name}: encoding {len(todo)} song(s), {audio_s:,.0f} s of audio", flush=True)
-    for done, row in enumerate(_encode(todo, vqvae, tracking_uri, shards, settings), 1):
+    for done, row in enumerate(_encode(todo, vqvae, tracking_uri, shards, settings, folder / IN_HAND), 1):
         if time.time() - last_line >= 10:  # a line every 10 s (the stage's own line says when it is done)
             rate = done / max(time.time() - started, 1e-9)
             print(f"code cache {folder.name}: {done}/{len(todo)} songs, ~{(len(todo) - done) / rate:,.0f} s left", flush=True)
@@ -132,6 +136,7 @@ def get_or_build(shards: str | Path, vqvae, tracking_uri: str, settings: EncodeS
             "artist_id": artist_id(vocab, song["artist"] or "") if vocab else 0,
             "genre_ids": genre_ids(vocab, song["genres"] or []) if vocab else [0], "vocab_version": vocab_version})
     seconds = time.time() - started
+    shutil.rmtree(folder / IN_HAND, ignore_errors=True)
     meta = code_cache.complete(folder, {
         "vqvae": vqvae.uri, "vqvae_run_id": vqvae.run_id, "level": vqvae.card["level"],
         "hop_length": hop, "codebook_size": int(vqvae.card["codebook_size"]), "sample_rate": int(vqvae.card["sample_rate"]),
@@ -144,17 +149,20 @@ def get_or_build(shards: str | Path, vqvae, tracking_uri: str, settings: EncodeS
                     "encode_audio_s_per_s": round(audio_s / seconds, 1) if todo and seconds > 0 else None}
 
 
-def _encode(todo: list[str], vqvae, tracking_uri: str, shards: Path, settings: EncodeSettings):
-    """Rows of (song_id, status, codes or the quarantine reason), as the actor pool finishes them."""
+def _encode(todo: list[str], vqvae, tracking_uri: str, shards: Path, settings: EncodeSettings, crash_dir: Path):
+    """Rows of (song_id, status, codes or the quarantine reason), as the actor pool finishes them.
+    ``crash_dir``: the songs' marks, so that one that kills its worker is quarantined (``RowStage``)."""
     import ray
 
     if not todo:
         return
+    shutil.rmtree(crash_dir, ignore_errors=True)  # a killed build's marks: its deaths were not the songs'
+    crash_dir.mkdir(parents=True)
     if not ray.is_initialized():  # not Ray Data's bare ray.init(): it attaches to whatever cluster the host last ran
         from pipeline.services import init_ray
 
         init_ray(None, max(2, int(settings.actors * settings.cpus + 1.999)), progress=False)
-    args = dict(vqvae_uri=vqvae.uri, tracking_uri=tracking_uri, shards=str(shards), settings=settings)
+    args = dict(vqvae_uri=vqvae.uri, tracking_uri=tracking_uri, shards=str(shards), settings=settings, crash_dir=str(crash_dir))
     resources = EncodeStage(**args).resources()  # set-up is lazy: nothing is loaded here
     ds = ray.data.from_items([{"song_id": k, "status": "ok"} for k in todo], override_num_blocks=len(todo)).map_batches(
         EncodeStage, fn_constructor_kwargs=args, batch_size=EncodeStage.batch_size, batch_format="pyarrow",

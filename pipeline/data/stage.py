@@ -39,6 +39,7 @@ class RowStage:
     uses_actors: ClassVar[bool] = False  # True: setup() is expensive, keep it per actor
     outputs: ClassVar[dict[str, Any]] = {}  # columns this stage adds, with the value a failed row gets
     input_errors: ClassVar[tuple[type[BaseException], ...]] = (ValueError,)  # what makes an "input" failure
+    row_key: ClassVar[str] = "input_index"  # the column that names a row's mark in ``crash_dir``
 
     def __init__(self, crash_dir: str | None = None) -> None:
         self._ready = False
@@ -93,7 +94,7 @@ class RowStage:
     def _mark(self, row: dict[str, Any]) -> Path | None:
         if self.crash_dir is None:
             return None
-        return Path(self.crash_dir) / f"{self.name}-{row['input_index']}"
+        return Path(self.crash_dir) / f"{self.name}-{row[self.row_key]}"
 
 
 def _deaths(mark: Path | None) -> int:

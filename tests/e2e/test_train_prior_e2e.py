@@ -89,6 +89,7 @@ def test_the_code_cache_is_reused_for_a_version_and_rebuilt_for_a_new_one(upstre
     new_folder, new_facts = get_or_build(upstream["shards"], newer, upstream["db"], root=upstream["work"] / "codes")
     assert not new_facts["reused"] and new_facts["encoded_songs"] == 4 and new_folder != folder
     assert new_folder.name == f"jukebox-vqvae-top-v{newer.version}-{newer.run_id[:8]}"
+    assert [p.name for p in new_folder.iterdir() if p.is_dir()] == []  # the encoders' marks went with the build
 
 
 def test_a_pitch_shifted_cache_adds_variants_for_training_only(upstream):

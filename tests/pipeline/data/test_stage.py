@@ -62,3 +62,15 @@ def test_without_a_crash_dir_nothing_is_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rows = Doubling()(_batch(2, -1)).to_pylist()
     assert [r["status"] for r in rows] == ["ok", "quarantined"] and not list(tmp_path.iterdir())
+
+
+def test_a_stage_names_its_marks_by_its_row_key(tmp_path):
+    """The code cache's encoder names its rows by cache key: a pitch-shifted variant is a row of its own."""
+
+    class ByKey(Doubling):
+        row_key = "song_id"
+
+    (tmp_path / "double-abc#pitch+2").write_text(str(MAX_WORKER_DEATHS))
+    rows = ByKey(str(tmp_path))(pa.Table.from_pylist([
+        {"song_id": k, "value": 1, "status": "ok", "stage": "", "error": "", "error_kind": ""} for k in ("abc", "abc#pitch+2")]))
+    assert [r["status"] for r in rows.to_pylist()] == ["ok", "quarantined"]
